@@ -1,0 +1,74 @@
+# SPDX-License-Identifier: GPL-2.0
+# rmirror: top-level entry points. `make check` and `make demo` work on a fresh Debian 12 machine:
+# they install what is missing, build the test kernel (cached in $(RMIRROR_CACHE)), the module and
+# the tool, boot two QEMU VMs and run the tests / the demo.
+#
+#   make                 build rmirror.ko against the test kernel (built and cached on first use)
+#   make KDIR=/path      build rmirror.ko against another Rust-enabled kernel build tree
+#   make tools           build rmirrorctl
+#   make check           everything: host tests, then the VM tests
+#   make demo            two VMs, a mirrored ext4 file seen on the secondary's disk
+#   make fuzz            run the cargo-fuzz targets of the core for a short while
+#
+# Kbuild reads ./Kbuild (not this file) when the kernel's make descends into this directory.
+
+RMIRROR_CACHE ?= /var/cache/rmirror
+export RMIRROR_CACHE
+SHELL := /bin/bash
+TOP := $(CURDIR)
+CARGO ?= cargo
+PYTHON ?= /usr/bin/python3
+FUZZ_SECONDS ?= 30
+# The kernel's make needs the Debian Rust toolchain and our bindgen first on PATH.
+KENV = source $(TOP)/scripts/env.sh &&
+KDIR ?= $(RMIRROR_CACHE)/kernel/current
+
+TOOL := rust/target/release/rmirrorctl
+MODULE := rmirror.ko
+
+.PHONY: all module tools host-setup kernel rootfs test-host test-vm check demo fuzz clean
+
+all: module
+
+host-setup:
+	scripts/setup-host.sh
+
+# The default KDIR is the cached test kernel: make sure it is built (a no-op once cached).
+kernel: host-setup
+	@if [ "$(KDIR)" = "$(RMIRROR_CACHE)/kernel/current" ]; then scripts/kernel.sh >/dev/null; fi
+
+module: kernel
+	$(KENV) $(MAKE) -C $(KDIR) M=$(TOP) modules
+	@ls -l $(MODULE)
+
+tools:
+	cd rust && $(CARGO) build --release -p rmirrorctl
+
+rootfs: host-setup
+	scripts/rootfs.sh >/dev/null
+
+test-host:
+	cd rust && $(CARGO) test --workspace
+	cd rust && $(CARGO) clippy --workspace --all-targets -- -D warnings
+
+VM_ENV = RMIRROR_KERNEL=$(KDIR)/arch/x86/boot/bzImage RMIRROR_ROOTFS=$$(scripts/rootfs.sh) \
+	RMIRROR_MODULE=$(TOP)/$(MODULE) RMIRROR_TOOL=$(TOP)/$(TOOL)
+
+test-vm: module tools rootfs
+	$(VM_ENV) $(PYTHON) -m pytest -v tests/vm
+
+check: host-setup
+	$(MAKE) test-host
+	$(MAKE) test-vm
+
+demo: module tools rootfs
+	$(VM_ENV) $(PYTHON) scripts/vm.py demo
+
+fuzz:
+	$(CARGO) install --locked cargo-fuzz
+	cd rust/core/fuzz && for t in $$(RUSTC_BOOTSTRAP=1 $(CARGO) fuzz list); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+clean:
+	-$(KENV) $(MAKE) -C $(KDIR) M=$(TOP) clean
+	cd rust && $(CARGO) clean

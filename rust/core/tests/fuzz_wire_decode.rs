@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Runs the `wire_decode` fuzz target's body over a small corpus, so `cargo test` exercises
+//! it without libFuzzer: sample frames, all their truncations, byte mutations, and any
+//! files in fuzz/corpus/wire_decode/ (left by `cargo fuzz run`).
+
+#[path = "../fuzz/bodies/wire_decode.rs"]
+mod body;
+mod wire_samples;
+
+use std::path::PathBuf;
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wire_decode")
+}
+
+/// Inputs as the fuzz target sees them: selector byte, then the bytes.
+fn inputs() -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    for frame in wire_samples::frames() {
+        for sel in 0..4u8 {
+            let mut x = vec![sel];
+            x.extend_from_slice(&frame);
+            v.push(x);
+        }
+    }
+    v
+}
+
+#[test]
+fn body_over_samples_and_truncations() {
+    for input in inputs() {
+        body::run(&input);
+        for cut in 0..input.len().min(200) {
+            body::run(&input[..cut]);
+        }
+        // Two frames back to back, and a frame followed by garbage.
+        let mut two = input.clone();
+        two.extend_from_slice(&input[1..]);
+        body::run(&two);
+        let mut junk = input.clone();
+        junk.extend_from_slice(&[0xff; 20]);
+        body::run(&junk);
+    }
+}
+
+#[test]
+fn body_over_byte_mutations() {
+    for input in inputs().into_iter().step_by(2) {
+        for pos in 1..input.len().min(1 + wire_samples_header_span()) {
+            for mask in [0x01u8, 0x02, 0x10, 0x80, 0xff] {
+                let mut m = input.clone();
+                m[pos] ^= mask;
+                body::run(&m);
+            }
+        }
+    }
+}
+
+/// Bytes at the start of a frame worth mutating (the largest fixed header).
+fn wire_samples_header_span() -> usize {
+    rmirror_core::wire::MAX_HEADER_LEN
+}
+
+#[test]
+fn body_over_corpus_files() {
+    let Ok(dir) = std::fs::read_dir(corpus_dir()) else {
+        return; // no corpus yet: nothing to replay
+    };
+    for entry in dir.flatten() {
+        if let Ok(data) = std::fs::read(entry.path()) {
+            body::run(&data);
+        }
+    }
+}
+
+/// Writes the sample inputs as a seed corpus for `cargo fuzz run wire_decode`:
+/// `cargo test -p rmirror-core --test fuzz_wire_decode -- --ignored write_seed_corpus`.
+#[test]
+#[ignore]
+fn write_seed_corpus() {
+    let dir = corpus_dir();
+    std::fs::create_dir_all(&dir).expect("mkdir corpus");
+    for (i, input) in inputs().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:03}")), input).expect("write seed");
+    }
+}

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The bindings layer: the only place in the driver with `unsafe`.
+//!
+//! Upstream Rust has blk-mq abstractions only, so bio-based disks, bios, opened block devices,
+//! kernel sockets and kernel threads get small safe wrappers here, over `kernel::bindings` and the
+//! C shim (`shim.c`, for static inlines and the fixed C tables). Everything above this module is
+//! safe Rust; every `unsafe` block below carries a `// SAFETY:` comment and every wrapper type an
+//! `# Invariants` section.
+
+pub(crate) mod bdev;
+pub(crate) mod bio;
+pub(crate) mod disk;
+mod ffi;
+pub(crate) mod global;
+pub(crate) mod net;
+pub(crate) mod thread;
+
+/// Kernel error codes that `kernel::error::code` does not name.
+pub(crate) mod errno {
+    use kernel::bindings;
+    use kernel::error::Error;
+
+    fn e(code: u32) -> Error {
+        Error::from_errno(-(code as i32))
+    }
+    /// `ECONNRESET`: the peer closed the connection.
+    pub(crate) fn econnreset() -> Error {
+        e(bindings::ECONNRESET)
+    }
+    /// `ESHUTDOWN`: we were asked to stop.
+    pub(crate) fn eshutdown() -> Error {
+        e(bindings::ESHUTDOWN)
+    }
+    /// `EMEDIUMTYPE`: the device is in the wrong role for this (DRBD's answer to opening a
+    /// secondary).
+    pub(crate) fn emediumtype() -> Error {
+        e(bindings::EMEDIUMTYPE)
+    }
+    /// `EPROTO`: the peer broke the protocol.
+    pub(crate) fn eproto() -> Error {
+        e(bindings::EPROTO)
+    }
+}
+
+/// Runs `f` in a `memalloc_noio` scope: allocations inside behave as GFP_NOIO, so the I/O
+/// path never recurses into reclaim that could wait for our own device.
+pub(crate) fn noio<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: no preconditions; the flags are restored below on the same task.
+    let flags = unsafe { ffi::rmirror_noio_save() };
+    let r = f();
+    // SAFETY: restores what the matching save returned, on the same task.
+    unsafe { ffi::rmirror_noio_restore(flags) };
+    r
+}
+
+/// Capability check for the control device (`capable(CAP_SYS_ADMIN)`).
+pub(crate) fn capable_sys_admin() -> bool {
+    // SAFETY: `capable` has no preconditions; it only inspects the current task's credentials.
+    unsafe { kernel::bindings::capable(kernel::bindings::CAP_SYS_ADMIN as i32) }
+}

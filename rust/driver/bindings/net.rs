@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Kernel TCP sockets (IPv4 for now): listen, accept, connect, whole-buffer send and receive.
+//!
+//! Every socket has a one-second receive timeout, so a blocked receiver or acceptor regularly
+//! gets `EAGAIN` and can check whether it was asked to stop; `shutdown` wakes it at once.
+
+use super::ffi;
+use core::ptr::NonNull;
+use kernel::bindings;
+use kernel::ffi::c_int;
+use kernel::error::to_result;
+use kernel::prelude::*;
+use super::errno::{econnreset, eshutdown};
+
+/// An IPv4 socket address in host byte order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct SockAddr {
+    /// Address, host byte order (10.0.0.1 is 0x0a000001).
+    pub(crate) ip: u32,
+    /// Port.
+    pub(crate) port: u16,
+}
+
+/// A kernel socket.
+///
+/// # Invariants
+///
+/// `0` is a socket created by the shim (`sock_create_kern` or `kernel_accept`), released only in
+/// `drop`, so it stays valid while any `&Socket` exists.
+pub(crate) struct Socket(NonNull<bindings::socket>);
+
+// SAFETY: kernel sockets may be used from any thread; the socket layer locks internally.
+unsafe impl Send for Socket {}
+// SAFETY: concurrent send (one thread), receive (one thread) and shutdown are supported by TCP.
+unsafe impl Sync for Socket {}
+
+/// Whether a blocking socket call returned early (timeout tick or signal) and may be retried.
+fn retry(ret: c_int) -> bool {
+    ret == -(bindings::EAGAIN as i32) || ret == -(bindings::EINTR as i32) || ret == -(bindings::ERESTARTSYS as i32)
+}
+
+impl Socket {
+    fn from_ret(ret: c_int, sock: *mut bindings::socket) -> Result<Self> {
+        to_result(ret)?;
+        // INVARIANT: on success the shim stored a new socket.
+        NonNull::new(sock).map(Socket).ok_or(EINVAL)
+    }
+
+    /// A listening socket bound to `addr`.
+    pub(crate) fn listen(addr: SockAddr) -> Result<Self> {
+        let mut s = core::ptr::null_mut();
+        // SAFETY: `s` is a valid out pointer.
+        let ret = unsafe { ffi::rmirror_sock_listen(addr.ip, addr.port, &mut s) };
+        Self::from_ret(ret, s)
+    }
+
+    /// Waits for one connection; `Ok(None)` after a receive-timeout tick (check for stop, retry).
+    pub(crate) fn accept(&self) -> Result<Option<Socket>> {
+        let mut s = core::ptr::null_mut();
+        // SAFETY: `self.0` is valid (invariant); `s` is a valid out pointer.
+        let ret = unsafe { ffi::rmirror_sock_accept(self.0.as_ptr(), &mut s) };
+        if retry(ret) {
+            return Ok(None);
+        }
+        Self::from_ret(ret, s).map(Some)
+    }
+
+    /// Connects to `addr`.
+    pub(crate) fn connect(addr: SockAddr) -> Result<Self> {
+        let mut s = core::ptr::null_mut();
+        // SAFETY: `s` is a valid out pointer.
+        let ret = unsafe { ffi::rmirror_sock_connect(addr.ip, addr.port, &mut s) };
+        Self::from_ret(ret, s)
+    }
+
+    /// Sends all of `buf`; `more` hints that another buffer follows at once (MSG_MORE).
+    pub(crate) fn send_all(&self, buf: &[u8], more: bool, stop: &dyn Fn() -> bool) -> Result {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &buf[done..];
+            // SAFETY: `self.0` is valid; `rest` is readable for its length during the call.
+            let ret = unsafe { ffi::rmirror_sock_send(self.0.as_ptr(), rest.as_ptr().cast(), rest.len(), more) };
+            if ret > 0 {
+                done += ret as usize;
+            } else if ret == 0 {
+                return Err(econnreset());
+            } else if retry(ret) {
+                if stop() {
+                    return Err(eshutdown());
+                }
+            } else {
+                return Err(Error::from_errno(ret));
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives exactly `buf.len()` bytes. An orderly close by the peer is `ECONNRESET`;
+    /// `stop()` is consulted at every timeout tick and ends the wait with `ESHUTDOWN`.
+    pub(crate) fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result {
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            // SAFETY: `self.0` is valid; `rest` is writable for its length during the call.
+            let ret = unsafe { ffi::rmirror_sock_recv(self.0.as_ptr(), rest.as_mut_ptr().cast(), rest.len()) };
+            if ret > 0 {
+                done += ret as usize;
+            } else if ret == 0 {
+                return Err(econnreset());
+            } else if retry(ret) {
+                if stop() {
+                    return Err(eshutdown());
+                }
+            } else {
+                return Err(Error::from_errno(ret));
+            }
+        }
+        Ok(())
+    }
+
+    /// The connected peer's address.
+    pub(crate) fn peer(&self) -> Result<SockAddr> {
+        let (mut ip, mut port) = (0u32, 0u16);
+        // SAFETY: `self.0` is valid; the out pointers are valid.
+        to_result(unsafe { ffi::rmirror_sock_peer(self.0.as_ptr(), &mut ip, &mut port) })?;
+        Ok(SockAddr { ip, port })
+    }
+
+    /// Shuts the connection down both ways, waking any thread blocked on it.
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: `self.0` is valid by the type invariant.
+        unsafe { ffi::rmirror_sock_shutdown(self.0.as_ptr()) };
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: valid by the type invariant and released exactly once.
+        unsafe { ffi::rmirror_sock_release(self.0.as_ptr()) };
+    }
+}

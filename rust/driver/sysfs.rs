@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `/sys/block/rmirrorN/rmirror/`: read-only views of the configuration and state, and the
+//! live tunable `inline_max` (validated on write; see `Documentation/ABI-sysfs.rst`).
+
+use crate::device::{Addr, Device};
+use crate::rcore::abi::{status, TextWriter};
+use crate::rcore::table::{INLINE_MAX_ALIGN, INLINE_MAX_LIMIT};
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+
+/// Attribute ids, in the order of the C table in `shim.c`.
+const NAME: u32 = 0;
+const ROLE: u32 = 1;
+const CSTATE: u32 = 2;
+const PEER: u32 = 3;
+const LOCAL: u32 = 4;
+const PROTOCOL: u32 = 5;
+const BACKING: u32 = 6;
+const INLINE_MAX: u32 = 7;
+const STATS: u32 = 8;
+
+/// Formats attribute `attr` into `page`; returns the length.
+pub(crate) fn show(dev: &Device, attr: u32, page: &mut [u8]) -> Result<usize> {
+    if attr == STATS {
+        let end = page.len() - 1;
+        let mut w = status::Writer::new(&mut page[..end]);
+        dev.write_status(&mut w).map_err(|_| ENOSPC)?;
+        let n = w.len();
+        page[n] = b'\n';
+        return Ok(n + 1);
+    }
+    let mut w = TextWriter::new(page);
+    let r = match attr {
+        NAME => writeln!(w, "{}", dev.cfg.name.to_str().unwrap_or("?")),
+        ROLE => writeln!(w, "{}", dev.cfg.role.as_str()),
+        CSTATE => writeln!(w, "{}", dev.cstate().as_str()),
+        PEER => writeln!(w, "{}", Addr(dev.cfg.peer)),
+        LOCAL => writeln!(w, "{}", Addr(dev.cfg.local)),
+        PROTOCOL => writeln!(w, "{}", dev.cfg.protocol.as_str()),
+        BACKING => writeln!(w, "{}", dev.cfg.backing_path.to_str().unwrap_or("?")),
+        INLINE_MAX => writeln!(w, "{}", dev.inline_max.load(Ordering::Relaxed)),
+        _ => return Err(EINVAL),
+    };
+    r.map_err(|_| ENOSPC)?;
+    Ok(w.len())
+}
+
+/// Parses and applies a write to attribute `attr`.
+pub(crate) fn store(dev: &Device, attr: u32, input: &[u8]) -> Result {
+    match attr {
+        INLINE_MAX => {
+            let v = parse_u32(input)
+                .filter(|v| *v <= INLINE_MAX_LIMIT && v % INLINE_MAX_ALIGN == 0)
+                .ok_or_else(|| {
+                    pr_err!("rmirror: {}: inline_max: expected a multiple of {} from 0 to {}\n",
+                        &*dev.cfg.name, INLINE_MAX_ALIGN, INLINE_MAX_LIMIT);
+                    EINVAL
+                })?;
+            dev.inline_max.store(v, Ordering::Relaxed);
+            Ok(())
+        }
+        _ => Err(EACCES),
+    }
+}
+
+/// Decimal digits with an optional trailing newline, as `echo` writes them.
+fn parse_u32(input: &[u8]) -> Option<u32> {
+    let s = core::str::from_utf8(input).ok()?;
+    let s = s.strip_suffix('\n').unwrap_or(s);
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}

@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The TCP transport: one kernel socket per connection, sends serialized by a mutex.
+
+use super::Transport;
+use crate::bindings::net::Socket;
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Arc, Mutex};
+
+/// A TCP connection to the peer.
+#[pin_data]
+pub(crate) struct Tcp {
+    sock: Socket,
+    /// Whole messages are sent under this lock so two threads never interleave frames.
+    #[pin]
+    send_lock: Mutex<()>,
+}
+
+impl Tcp {
+    /// Wraps a connected socket.
+    pub(crate) fn new(sock: Socket) -> Result<Arc<Tcp>> {
+        Arc::pin_init(pin_init!(Tcp { sock, send_lock <- new_mutex!(()) }), GFP_KERNEL)
+    }
+}
+
+impl Transport for Tcp {
+    fn send(&self, parts: &[&[u8]], stop: &dyn Fn() -> bool) -> Result {
+        let _g = self.send_lock.lock();
+        let last = parts.len().saturating_sub(1);
+        for (i, p) in parts.iter().enumerate() {
+            self.sock.send_all(p, i < last, stop)?;
+        }
+        Ok(())
+    }
+
+    fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result {
+        self.sock.recv_exact(buf, stop)
+    }
+
+    fn shutdown(&self) {
+        self.sock.shutdown();
+    }
+}

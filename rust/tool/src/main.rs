@@ -1,0 +1,492 @@
+// SPDX-License-Identifier: GPL-2.0
+//! rmirrorctl: create, remove and inspect rmirror replication devices through /dev/rmirror-control.
+//!
+//! Verbs follow dmsetup (`create`, `remove`, `status`, `table`, `list`, `version`), output
+//! formats follow nvme-cli (`-o normal|json`). Errors are printed as
+//! `rmirrorctl: <verb> <name>: <strerror> (<ERRNO>)` with exit status 1; usage errors exit 2.
+
+mod control;
+mod create;
+mod errno;
+mod error;
+mod output;
+mod sys;
+
+use std::io::{self, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rmirror_core::abi::{self, Cmd};
+use rmirror_core::table::{self, Protocol};
+
+use control::Control;
+use create::CreateArgs;
+use error::Failure;
+use output::Format;
+
+/// Control rmirror block replication devices (/dev/rmirrorN).
+#[derive(Debug, Parser)]
+#[command(name = "rmirrorctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Control device of the rmirror module
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "/dev/rmirror-control"
+    )]
+    pub control: PathBuf,
+
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create device NAME from a table line or from options; prints /dev/rmirrorN
+    #[command(after_help = "Examples:\n  \
+        rmirrorctl create r0 --backing /dev/vdb --role primary --local 10.0.0.1:7788 --peer 10.0.0.2:7788\n  \
+        rmirrorctl create r0 --table \"0 2097152 rmirror /dev/vdb primary 10.0.0.1:7788 10.0.0.2:7788 C\"")]
+    Create(CreateArgs),
+
+    /// Remove device NAME (fails with EBUSY while it is open or mounted)
+    Remove {
+        /// Device name
+        name: String,
+    },
+
+    /// Show the status of device NAME, or of all devices
+    Status {
+        /// Device name [default: all devices]
+        name: Option<String>,
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+
+    /// List device names
+    #[command(visible_alias = "ls")]
+    List {
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+
+    /// Print the table line of device NAME, or "NAME: LINE" for all devices
+    Table {
+        /// Device name [default: all devices]
+        name: Option<String>,
+    },
+
+    /// Print the versions of rmirrorctl and of the loaded rmirror module
+    Version,
+
+    /// Send a raw ioctl _IOC(READ|WRITE, TYPE, NR, SIZE) with a VERSION request buffer
+    #[command(hide = true)]
+    DebugIoctl {
+        /// ioctl number (decimal or 0x hex)
+        #[arg(value_parser = parse_u8)]
+        nr: u8,
+        /// Size encoded in the request (0..=16383)
+        #[arg(long, default_value_t = abi::BUF_LEN as u16, value_parser = clap::value_parser!(u16).range(0..=abi::IOC_SIZE_MAX as i64))]
+        size: u16,
+        /// ioctl type (magic) byte (decimal or 0x hex)
+        #[arg(long = "type", default_value = "0xE7", value_parser = parse_u8)]
+        ty: u8,
+    },
+}
+
+impl Command {
+    /// The verb and device name used in error messages.
+    fn label(&self) -> (&'static str, Option<String>) {
+        match self {
+            Command::Create(a) => ("create", Some(a.name.clone())),
+            Command::Remove { name } => ("remove", Some(name.clone())),
+            Command::Status { name, .. } => ("status", name.clone()),
+            Command::List { .. } => ("list", None),
+            Command::Table { name } => ("table", name.clone()),
+            Command::Version => ("version", None),
+            Command::DebugIoctl { nr, size, ty } => (
+                "debug-ioctl",
+                Some(format!("{:#010x}", abi::iowr(*ty, *nr, usize::from(*size)))),
+            ),
+        }
+    }
+}
+
+/// Parses a byte given in decimal or `0x` hex.
+fn parse_u8(s: &str) -> Result<u8, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u8::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("expected 0..=255 (decimal or 0x hex): {e}"))
+}
+
+fn out(text: &str) {
+    // A closed stdout (e.g. `| head`) is not worth a panic.
+    let _ = io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn open(cli: &Cli) -> Result<Control, Failure> {
+    Control::open(&cli.control).map_err(|f| match f.errno {
+        libc::ENOENT => f.hint("is the rmirror module loaded? (modprobe rmirror)"),
+        libc::EACCES => f.hint("the control device needs root"),
+        _ => f,
+    })
+}
+
+/// Adds the likely reason to errors of commands on a named device.
+fn explain(f: Failure, cmd: Cmd, name: &str, data: &str) -> Failure {
+    if f.detail.is_some() {
+        return f;
+    }
+    match (cmd, f.errno) {
+        (_, libc::EPERM) => f.hint("rmirror control needs CAP_SYS_ADMIN"),
+        (Cmd::Create, libc::EINVAL) => {
+            if let Err(e) = abi::validate_name(name.as_bytes()) {
+                f.hint(format!("name: {e}"))
+            } else {
+                match table::parse(data) {
+                    Err(e) => f.hint(format!("table: {e}")),
+                    Ok(t) if t.protocol != Protocol::C => {
+                        f.hint(format!("table: {}", table::TableError::ProtocolUnsupported))
+                    }
+                    Ok(_) => f.hint("see the kernel log (dmesg) for the reason"),
+                }
+            }
+        }
+        (Cmd::Create, libc::EEXIST) => f.hint(format!("a device named {name} already exists")),
+        (Cmd::Create, libc::ENOENT) => f.hint("the backing device does not exist"),
+        (Cmd::Create, libc::EBUSY) => f.hint("the backing device is in use"),
+        (Cmd::Create, libc::ENOSPC) => f.hint("too many rmirror devices"),
+        (_, libc::ENXIO) => f.hint(format!("no rmirror device named {name}")),
+        (Cmd::Remove, libc::EBUSY) => f.hint(format!("{name} is open or mounted")),
+        (_, libc::EINVAL) if cmd.takes_name() => match abi::validate_name(name.as_bytes()) {
+            Err(e) => f.hint(format!("name: {e}")),
+            Ok(_) => f,
+        },
+        _ => f,
+    }
+}
+
+fn call(ctl: &Control, cmd: Cmd, name: &str, data: &str) -> Result<control::Answer, Failure> {
+    ctl.call(cmd, name, data.as_bytes())
+        .map_err(|f| explain(f, cmd, name, data))
+}
+
+/// The names of all devices.
+fn names(ctl: &Control) -> Result<Vec<String>, Failure> {
+    Ok(output::list_names(&call(ctl, Cmd::List, "", "")?.text))
+}
+
+/// Runs `f` for every device, skipping devices removed meanwhile (ENXIO).
+fn each_device(ctl: &Control, cmd: Cmd) -> Result<Vec<(String, control::Answer)>, Failure> {
+    let mut v = Vec::new();
+    for n in names(ctl)? {
+        match call(ctl, cmd, &n, "") {
+            Ok(a) => v.push((n, a)),
+            Err(f) if f.errno == libc::ENXIO => {}
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(v)
+}
+
+/// Runs the command; output goes to stdout as it is produced.
+fn run(cli: &Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Create(args) => {
+            let line = match &args.table {
+                Some(line) => line.clone(),
+                None => args.opts.line(create::backing_sectors)?,
+            };
+            let ctl = open(cli)?;
+            let a = call(&ctl, Cmd::Create, &args.name, &line)?;
+            out(&format!("/dev/rmirror{}\n", a.minor));
+        }
+        Command::Remove { name } => {
+            call(&open(cli)?, Cmd::Remove, name, "")?;
+        }
+        Command::Status { name, output } => {
+            let ctl = open(cli)?;
+            let lines = match name {
+                Some(n) => vec![call(&ctl, Cmd::Status, n, "")?.text],
+                None => each_device(&ctl, Cmd::Status)?
+                    .into_iter()
+                    .map(|(_, a)| a.text)
+                    .collect(),
+            };
+            out(&output::render_status(&lines, *output, name.is_some()));
+        }
+        Command::List { output } => {
+            out(&output::render_list(&names(&open(cli)?)?, *output));
+        }
+        Command::Table { name } => {
+            let ctl = open(cli)?;
+            match name {
+                Some(n) => out(&format!(
+                    "{}\n",
+                    call(&ctl, Cmd::Table, n, "")?.text.trim_end()
+                )),
+                None => {
+                    for (n, a) in each_device(&ctl, Cmd::Table)? {
+                        out(&format!("{n}: {}\n", a.text.trim_end()));
+                    }
+                }
+            }
+        }
+        Command::Version => {
+            out(&format!(
+                "rmirrorctl {} (control ABI {})\n",
+                env!("CARGO_PKG_VERSION"),
+                abi::ABI_VERSION
+            ));
+            let a = call(&open(cli)?, Cmd::Version, "", "")?;
+            out(&format!("{}\n", a.text.trim_end()));
+        }
+        Command::DebugIoctl { nr, size, ty } => {
+            let request = abi::iowr(*ty, *nr, usize::from(*size));
+            let mut buf = vec![0u8; abi::BUF_LEN.max(usize::from(*size))];
+            let mut head = Box::new([0u8; abi::BUF_LEN]);
+            abi::Request {
+                name: b"",
+                data: b"",
+            }
+            .encode(&mut head)
+            .map_err(|e| Failure::invalid(e.as_str()))?;
+            buf[..abi::BUF_LEN].copy_from_slice(&head[..]);
+            open(cli)?.raw(request, &mut buf)?;
+            head.copy_from_slice(&buf[..abi::BUF_LEN]);
+            let text = control::decode_reply(&head)
+                .map(|a| a.text)
+                .unwrap_or_default();
+            out(&format!("{request:#010x}: ok {}\n", text.trim_end()));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let (verb, name) = cli.command.label();
+            eprint!("{}", f.render(verb, name.as_deref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_debug_assert() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rmirrorctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn create_forms() {
+        let c = parse(&[
+            "create",
+            "r0",
+            "--table",
+            "0 8 rmirror /dev/vdb primary 1.1.1.1:1 2.2.2.2:2 C",
+        ])
+        .unwrap();
+        let Command::Create(a) = c.command else {
+            panic!()
+        };
+        assert!(a.table.is_some());
+        assert_eq!(c.control, PathBuf::from("/dev/rmirror-control"));
+
+        let c = parse(&[
+            "--control",
+            "/tmp/ctl",
+            "create",
+            "r0",
+            "--backing",
+            "/dev/vdb",
+            "--role",
+            "secondary",
+            "--local",
+            "10.0.0.2:7788",
+            "--peer",
+            "10.0.0.1:7788",
+            "--protocol",
+            "C",
+            "--len",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!(c.control, PathBuf::from("/tmp/ctl"));
+        let Command::Create(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            a.opts.line(|_| unreachable!()).unwrap(),
+            "0 8 rmirror /dev/vdb secondary 10.0.0.2:7788 10.0.0.1:7788 C inline_max=4096 node_id=1"
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        use clap::error::ErrorKind;
+        // neither form
+        assert_eq!(
+            parse(&["create", "r0"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        // both forms
+        let e = parse(&["create", "r0", "--table", "x", "--role", "primary"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        // bad values
+        for bad in [
+            &[
+                "create",
+                "r0",
+                "--backing",
+                "/d",
+                "--role",
+                "boss",
+                "--local",
+                "1.1.1.1:1",
+                "--peer",
+                "1.1.1.1:2",
+            ][..],
+            &[
+                "create",
+                "r0",
+                "--backing",
+                "/d",
+                "--role",
+                "primary",
+                "--local",
+                "1.1.1.1",
+                "--peer",
+                "1.1.1.1:2",
+            ],
+            &[
+                "create",
+                "r0",
+                "--backing",
+                "/d",
+                "--role",
+                "primary",
+                "--local",
+                "1.1.1.1:1",
+                "--peer",
+                "1.1.1.1:2",
+                "--protocol",
+                "D",
+            ],
+            &["status", "-o", "xml"],
+            &["debug-ioctl", "256"],
+            &["debug-ioctl", "1", "--size", "16384"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse(&[]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn other_verbs() {
+        assert!(matches!(
+            parse(&["status"]).unwrap().command,
+            Command::Status {
+                name: None,
+                output: Format::Normal
+            }
+        ));
+        assert!(matches!(
+            parse(&["status", "r0", "-o", "json"]).unwrap().command,
+            Command::Status {
+                name: Some(_),
+                output: Format::Json
+            }
+        ));
+        assert!(matches!(
+            parse(&["ls", "--output", "json"]).unwrap().command,
+            Command::List {
+                output: Format::Json
+            }
+        ));
+        assert!(matches!(
+            parse(&["table", "r0"]).unwrap().command,
+            Command::Table { name: Some(_) }
+        ));
+        assert!(matches!(
+            parse(&["remove", "r0"]).unwrap().command,
+            Command::Remove { .. }
+        ));
+        assert!(matches!(
+            parse(&["version"]).unwrap().command,
+            Command::Version
+        ));
+        let c = parse(&["debug-ioctl", "0x06", "--size", "8", "--type", "0xE6"]).unwrap();
+        assert_eq!(
+            c.command.label(),
+            (
+                "debug-ioctl",
+                Some(format!("{:#010x}", abi::iowr(0xE6, 6, 8)))
+            )
+        );
+        let c = parse(&["debug-ioctl", "6"]).unwrap();
+        assert_eq!(c.command.label().1.unwrap(), "0xd000e706");
+    }
+
+    #[test]
+    fn hints() {
+        let line = "0 8 rmirror /dev/vdb primary 10.0.0.1:1 10.0.0.2:1 X";
+        let f = explain(Failure::os(libc::EINVAL), Cmd::Create, "r0", line);
+        assert_eq!(
+            f.render("create", Some("r0")),
+            "rmirrorctl: create r0: Invalid argument (EINVAL)\n\
+             rmirrorctl: create r0: hint: table: bad protocol: expected A, B or C\n"
+        );
+        let f = explain(Failure::os(libc::EINVAL), Cmd::Create, "a/b", line);
+        assert_eq!(
+            f.hints,
+            ["name: device name may contain only A-Z a-z 0-9 _ . -"]
+        );
+        let f = explain(
+            Failure::os(libc::EINVAL),
+            Cmd::Create,
+            "r0",
+            &line.replace(" X", " A"),
+        );
+        assert_eq!(
+            f.hints,
+            ["table: protocol A and B are not supported yet: use protocol C"]
+        );
+        let f = explain(Failure::os(libc::ENXIO), Cmd::Status, "r9", "");
+        assert_eq!(
+            f.render("status", Some("r9")),
+            "rmirrorctl: status r9: No such device or address (ENXIO)\n\
+             rmirrorctl: status r9: hint: no rmirror device named r9\n"
+        );
+        let f = explain(Failure::os(libc::EINVAL), Cmd::Status, "", "");
+        assert_eq!(f.hints, ["name: empty device name"]);
+        let f = explain(Failure::os(libc::EINVAL), Cmd::Status, "r0", "");
+        assert!(f.hints.is_empty());
+    }
+
+    #[test]
+    fn parse_u8_forms() {
+        assert_eq!(parse_u8("0xE7"), Ok(0xE7));
+        assert_eq!(parse_u8("5"), Ok(5));
+        assert!(parse_u8("0x100").is_err());
+        assert!(parse_u8("-1").is_err());
+    }
+}

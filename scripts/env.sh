@@ -1,0 +1,13 @@
+# SPDX-License-Identifier: GPL-2.0
+# Common environment for rmirror's build and test scripts (sourced, not run).
+# Everything expensive lives in $RMIRROR_CACHE, outside the repository, keyed by its inputs.
+RMIRROR_CACHE=${RMIRROR_CACHE:-/var/cache/rmirror}
+RMIRROR_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLBIN=$RMIRROR_CACHE/toolbin
+export LIBCLANG_PATH=/usr/lib/llvm-19/lib
+# The kernel calls plain `rustc`, `rustdoc` and `bindgen`: our links to the Debian toolchain come first,
+# ahead of rustup's rustc (which has no library source).
+export PATH="$TOOLBIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH}"
+log() { printf '[rmirror] %s\n' "$*" >&2; }
+die() { printf '[rmirror] error: %s\n' "$*" >&2; exit 1; }
+timed() { local s; s=$(date +%s); "$@"; local rc=$?; log "took $(( $(date +%s) - s ))s: $*"; return $rc; }

@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: GPL-2.0
+"""pytest fixtures for the rmirror VM tests: one alpha/beta guest pair (scripts/vm.py) per test module.
+
+Environment:
+  RMIRROR_KERNEL  bzImage (default /var/cache/rmirror/kernel/current/arch/x86/boot/bzImage)
+  RMIRROR_ROOTFS  root file system image from scripts/rootfs.sh (default: run scripts/rootfs.sh)
+  RMIRROR_MODULE  rmirror.ko     } modules that set NEEDS_MODULE = True are skipped when these are unset,
+  RMIRROR_TOOL    rmirrorctl     } and fail when they are set to a missing file
+  RMIRROR_KVM=1   use KVM instead of TCG;  RMIRROR_SMP=N  vCPUs per guest (default 1)
+  RMIRROR_KEEP=1  keep the work directory (console logs) of every pair, not only of failed ones
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(TOP, "scripts"))
+import vm as vmlib  # noqa: E402
+
+BOOT_TIMES = []
+
+
+def _kernel():
+    k = os.environ.get("RMIRROR_KERNEL") or vmlib.DEFAULT_KERNEL
+    if not os.path.isfile(k):
+        pytest.exit(f"no kernel at {k} (set RMIRROR_KERNEL; build it with scripts/kernel.sh)", returncode=2)
+    return k
+
+
+_rootfs_cache = []
+
+
+def _rootfs():
+    if not _rootfs_cache:
+        r = os.environ.get("RMIRROR_ROOTFS")
+        if not r:
+            out = subprocess.run([os.path.join(TOP, "scripts/rootfs.sh")], check=True,
+                                 stdout=subprocess.PIPE, text=True).stdout
+            r = out.strip().splitlines()[-1]
+        if not os.path.isfile(r):
+            pytest.exit(f"no rootfs image at {r}", returncode=2)
+        _rootfs_cache.append(r)
+    return _rootfs_cache[0]
+
+
+def _payload(needs_module):
+    payload = {}
+    for var, dst in (("RMIRROR_MODULE", "rmirror.ko"), ("RMIRROR_TOOL", "rmirrorctl")):
+        path = os.environ.get(var)
+        if not path:
+            if needs_module:
+                pytest.skip(f"{var} is not set")
+            continue
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{var}={path} does not exist")
+        payload[dst] = path
+    return payload
+
+
+@pytest.fixture(scope="module")
+def pair(request):
+    """A booted alpha/beta pair shared by the tests of one module. Its kernel logs are checked after every
+    test (see _log_check) and once more after power-off: BUG:/WARNING:/Oops/... lines fail the run."""
+    needs_module = getattr(request.module, "NEEDS_MODULE", True)
+    payload = _payload(needs_module)
+    smp = int(os.environ.get("RMIRROR_SMP", "1"))
+    p = vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp)
+    with p:
+        BOOT_TIMES.append((request.module.__name__, p.alpha.boot_seconds, p.beta.boot_seconds))
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def _log_check(request):
+    """Mark each test's start and end in the guests' kernel logs and fail the test (at teardown) if a
+    guest logged BUG:/WARNING:/Oops/... while it ran."""
+    if "pair" not in request.fixturenames:
+        yield
+        return
+    p = request.getfixturevalue("pair")
+    for vm in p.vms.values():
+        if not vm.broken:
+            vm.kmsg(f"rmirror-test: start {request.node.nodeid}")
+    yield
+    for vm in p.vms.values():
+        if not vm.broken:
+            vm.kmsg(f"rmirror-test: end {request.node.nodeid}")
+    time.sleep(0.2)
+    p.check_logs()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if BOOT_TIMES:
+        terminalreporter.write_sep("-", "rmirror guest boot times (QEMU start to agent answer, both at once)")
+        for mod, a, b in BOOT_TIMES:
+            terminalreporter.write_line(f"{mod}: alpha {a:.1f}s, beta {b:.1f}s")

@@ -1,0 +1,272 @@
+# SPDX-License-Identifier: GPL-2.0
+"""rmirror control path against .notes/ABI.md: module load/unload, /dev/rmirror-control, error codes of
+every bad input, sysfs attributes, rmmod with open and idle devices."""
+
+import re
+
+import pytest
+
+from helpers import (CTL, KO, S, DISK_SECTORS, create, dmesg_during, expect_error, load, loaded, q, remove,
+                     reset, status, sysfs_write, table, connect_pair)
+
+
+@pytest.fixture(autouse=True)
+def clean(pair):
+    for vm in (pair.alpha, pair.beta):
+        reset(vm)
+    yield
+    for vm in (pair.alpha, pair.beta):
+        if not vm.broken:
+            reset(vm)
+
+
+def test_load_unload_cycles(pair):
+    a = pair.alpha
+    for i in range(5):
+        a.ok(f"insmod {KO}")
+        out = a.ok("stat -c '%F %a %u' /dev/rmirror-control; grep -c '^rmirror ' /proc/modules")
+        assert out.split("\n")[:2] == ["character special file 600 0", "1"], f"cycle {i}: {out}"
+        a.ok("rmmod rmirror")
+        a.ok("test ! -e /dev/rmirror-control && ! grep -q '^rmirror ' /proc/modules")
+    # loading twice is refused by the kernel, the first instance stays usable
+    a.ok(f"insmod {KO}")
+    rc, out = a.run(f"insmod {KO}")
+    assert rc != 0 and "exists" in out, out
+    a.ok("test -c /dev/rmirror-control")
+
+
+def test_list_empty(pair):
+    a = pair.alpha
+    load(a)
+    rc, out = a.run(f"{CTL} list")
+    assert rc == 0 and out.strip() == "", f"list with no devices: rc={rc} {out!r}"
+
+
+def test_unprivileged_is_eperm(pair):
+    """Every ioctl needs CAP_SYS_ADMIN, checked before anything else (even the command number)."""
+    a = pair.alpha
+    load(a)
+    a.ok("chmod 0666 /dev/rmirror-control")
+    drop = "setpriv --reuid=1000 --regid=1000 --clear-groups"
+    assert a.ok(f"{drop} id -u").strip() == "1000"
+    expect_error(a, f"{drop} {CTL} create r0 --table {q(table(a, 'primary'))}", "create", "r0", "EPERM")
+    expect_error(a, f"{drop} {CTL} status r0", "status", "r0", "EPERM")
+    expect_error(a, f"{drop} {CTL} remove r0", "remove", "r0", "EPERM")
+    rc, out, err = a.run3(f"{drop} {CTL} debug-ioctl 99")
+    assert rc != 0 and "(EPERM)" in err, f"unknown ioctl as non-root must be EPERM before ENOTTY: {err!r}"
+    a.ok("test ! -e /dev/rmirror0")
+    # and root still works on the same node
+    create(a, "primary")
+    a.ok("test -b /dev/rmirror0")
+
+
+MALFORMED = [
+    ("garbage", "not a table"),
+    ("too-few-fields", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788"),
+    ("start-not-zero", "8 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C"),
+    ("zero-length", "0 0 rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C"),
+    ("wrong-target", "0 {S} linear /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C"),
+    ("relative-backing", "0 {S} rmirror vdb primary 10.99.0.1:7788 10.99.0.2:7788 C"),
+    ("bad-role", "0 {S} rmirror /dev/vdb master 10.99.0.1:7788 10.99.0.2:7788 C"),
+    ("port-zero", "0 {S} rmirror /dev/vdb primary 10.99.0.1:0 10.99.0.2:7788 C"),
+    ("bad-ip", "0 {S} rmirror /dev/vdb primary 10.99.0.300:7788 10.99.0.2:7788 C"),
+    ("protocol-A", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 A"),
+    ("protocol-X", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 X"),
+    ("inline-not-512", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C inline_max=1000"),
+    ("inline-too-big", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C inline_max=65536"),
+    ("node-id-32", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C node_id=32"),
+    ("unknown-key", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C bogus=1"),
+    ("longer-than-backing", "0 {BIG} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C"),
+]
+
+
+@pytest.mark.parametrize("case,line", MALFORMED, ids=[c for c, _ in MALFORMED])
+def test_malformed_table_is_einval(pair, case, line):
+    a = pair.alpha
+    load(a)
+    line = line.format(S=S, BIG=DISK_SECTORS + 8)
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} create r0 --table {q(line)}")
+    assert rc != 0, f"table {line!r} was accepted"
+    m = re.search(r"^rmirrorctl: create r0: .+ \((E[A-Z]+)\)$", err, re.M)
+    assert m and m.group(1) == "EINVAL", f"table {line!r}: stderr {err!r}"
+    assert re.search(r"rmirror: r0: table: \S", msgs), \
+        f"no 'rmirror: r0: table: <reason>' kernel message for {line!r}; dmesg:\n{msgs}"
+    a.ok("test ! -e /dev/rmirror0")
+    expect_error(a, f"{CTL} status r0", "status", "r0", "ENXIO")
+
+
+def test_bad_names_are_einval(pair):
+    a = pair.alpha
+    load(a)
+    for name in ("bad/name", "x" * 64, "sp ace"):
+        rc, out, err = a.run3(f"{CTL} create {q(name)} --table {q(table(a, 'primary'))}")
+        assert rc != 0 and "(EINVAL)" in err, f"name {name!r}: {err!r}"
+    a.ok("test ! -e /dev/rmirror0")
+
+
+def test_missing_backing_is_enoent(pair):
+    a = pair.alpha
+    load(a)
+    expect_error(a, f"{CTL} create r0 --table {q(table(a, 'primary', backing='/dev/vdz'))}",
+                 "create", "r0", "ENOENT")
+    a.ok("test ! -e /dev/rmirror0")
+
+
+def test_duplicate_name_is_eexist(pair):
+    a = pair.alpha
+    load(a)
+    a.ok("truncate -s 64M /tmp/loop0.img && losetup /dev/loop0 /tmp/loop0.img")
+    create(a, "primary")
+    expect_error(a, f"{CTL} create r0 --table {q(table(a, 'primary', sectors=65536, backing='/dev/loop0'))}",
+                 "create", "r0", "EEXIST")
+    # a second device with its own name and backing works and gets the next minor
+    a.ok(f"{CTL} create r1 --table {q(table(a, 'primary', sectors=65536, backing='/dev/loop0'))}")
+    assert status(a, "r1")["minor"] == 1
+    a.ok("test -b /dev/rmirror1 && test -b /dev/rmirror0")
+    assert a.ok(f"{CTL} list").split() == ["r0", "r1"]
+    remove(a, "r1")
+    remove(a, "r0")
+    assert a.ok(f"{CTL} list").strip() == ""
+
+
+def test_backing_in_use_is_ebusy(pair):
+    a = pair.alpha
+    load(a)
+    create(a, "primary")
+    # the same backing device for a second rmirror device is exclusive-opened already
+    expect_error(a, f"{CTL} create r1 --table {q(table(a, 'primary'))}", "create", "r1", "EBUSY")
+
+
+def test_unknown_ioctl_is_enotty(pair):
+    a = pair.alpha
+    load(a)
+    rc, out, err = a.run3(f"{CTL} debug-ioctl 99")
+    assert rc != 0
+    assert re.search(r"^rmirrorctl: debug-ioctl \S+: .+ \(ENOTTY\)$", err, re.M), err
+
+
+def test_unknown_name_is_enxio(pair):
+    a = pair.alpha
+    load(a)
+    expect_error(a, f"{CTL} status nosuch", "status", "nosuch", "ENXIO")
+    expect_error(a, f"{CTL} remove nosuch", "remove", "nosuch", "ENXIO")
+    create(a, "primary")
+    expect_error(a, f"{CTL} status r00", "status", "r00", "ENXIO")
+
+
+def test_remove_while_open_is_ebusy(pair):
+    a = pair.alpha
+    load(a)
+    create(a, "primary")
+    a.ok("exec 3<>/dev/rmirror0")      # the primary can be opened at all
+    expect_error(a, f"exec 3<>/dev/rmirror0; {CTL} remove r0", "remove", "r0", "EBUSY")
+    a.ok("test -b /dev/rmirror0")
+    assert status(a)["name"] == "r0"
+    remove(a)
+    a.ok("test ! -e /dev/rmirror0 && test ! -e /sys/block/rmirror0")
+
+
+def test_remove_while_mounted_is_ebusy(pair):
+    a = pair.alpha
+    connect_pair(pair)
+    a.ok("mkfs.ext4 -q -F -E nodiscard /dev/rmirror0 && mount /dev/rmirror0 /mnt/a", timeout=180)
+    expect_error(a, f"{CTL} remove r0", "remove", "r0", "EBUSY")
+    a.ok("echo still-works > /mnt/a/f && sync && cat /mnt/a/f")
+    a.ok("umount /mnt/a")
+    remove(a)
+    remove(pair.beta)
+
+
+def test_secondary_open_is_emediumtype(pair):
+    b = pair.beta
+    load(b)
+    create(b, "secondary")
+    b.ok("test -b /dev/rmirror0")
+    rc, out = b.run("dd if=/dev/rmirror0 of=/dev/null bs=4096 count=1")
+    assert rc != 0 and "Wrong medium type" in out, out
+    assert status(b)["role"] == "secondary"
+
+
+def test_status_fields(pair):
+    a = pair.alpha
+    load(a)
+    create(a, "primary")
+    st = status(a)
+    want = {"name": "r0", "minor": 0, "role": "primary", "peer": "10.99.0.2:7788", "local": "10.99.0.1:7788",
+            "protocol": "C", "backing": "/dev/vdb", "size": S, "inline_max": 4096}
+    assert {k: st.get(k) for k in want} == want, st
+    assert st["cstate"] in ("standalone", "connecting"), st     # beta has no device: never connected
+    for k in ("writes", "write_bytes", "small_writes", "large_writes", "acks", "out_of_sync", "inflight"):
+        assert isinstance(st.get(k), int), f"{k} missing or not a number in {st}"
+    text = a.ok(f"{CTL} status r0").strip()
+    keys = [kv.split("=", 1)[0] for kv in text.split()]
+    order = ["name", "minor", "role", "cstate", "peer", "local", "protocol", "backing", "size", "inline_max",
+             "writes", "write_bytes", "small_writes", "large_writes", "acks", "out_of_sync", "inflight"]
+    assert keys[:len(order)] == order, text
+    assert a.ok(f"{CTL} table r0").split() == table(a, "primary").split()
+    assert a.ok("cat /sys/block/rmirror0/size").strip() == str(S)
+
+
+def test_sysfs_attributes(pair):
+    a = pair.alpha
+    load(a)
+    create(a, "primary")
+    d = "/sys/block/rmirror0/rmirror"
+    got = {k: a.ok(f"cat {d}/{k}").strip() for k in ("name", "role", "peer", "local", "protocol", "backing",
+                                                      "inline_max")}
+    assert got == {"name": "r0", "role": "primary", "peer": "10.99.0.2:7788", "local": "10.99.0.1:7788",
+                   "protocol": "C", "backing": "/dev/vdb", "inline_max": "4096"}, got
+    assert a.ok(f"cat {d}/cstate").strip() in ("standalone", "connecting")
+
+    a.ok("dmesg -c > /dev/null")
+    rc, out = sysfs_write(a, f"{d}/inline_max", "bogus")
+    assert rc != 0 and "Invalid argument" in out, out
+    assert "inline_max" in a.ok("dmesg"), "no kernel message for an invalid inline_max"
+    rc, out = sysfs_write(a, f"{d}/inline_max", "8192")
+    assert rc == 0, out
+    assert a.ok(f"cat {d}/inline_max").strip() == "8192"
+    assert status(a)["inline_max"] == 8192
+    for bad in ("1000", "32769", "33280", "-512", ""):
+        rc, out = sysfs_write(a, f"{d}/inline_max", bad)
+        assert rc != 0 and "Invalid argument" in out, f"inline_max={bad!r} accepted: {out}"
+        assert a.ok(f"cat {d}/inline_max").strip() == "8192"
+    for good in ("0", "32768", "4096"):
+        assert sysfs_write(a, f"{d}/inline_max", good)[0] == 0
+        assert a.ok(f"cat {d}/inline_max").strip() == good
+    # read-only attributes
+    rc, out = sysfs_write(a, f"{d}/role", "secondary")
+    assert rc != 0
+    assert a.ok(f"cat {d}/role").strip() == "primary"
+
+
+def test_rmmod_while_open_fails_device_keeps_working(pair):
+    a = pair.alpha
+    connect_pair(pair)
+    out = a.ok("exec 3<>/dev/rmirror0; "
+               "if rmmod rmirror; then echo RMMOD-SUCCEEDED; fi; "
+               "grep -c '^rmirror ' /proc/modules; "
+               "dd if=/dev/urandom of=/tmp/blk bs=64k count=4 2>/dev/null; "
+               "dd if=/tmp/blk of=/dev/rmirror0 bs=64k oflag=direct 2>/dev/null && "
+               "dd if=/dev/rmirror0 of=/tmp/back bs=64k count=4 iflag=direct 2>/dev/null && "
+               "cmp /tmp/blk /tmp/back && echo IO-OK", timeout=120)
+    assert "RMMOD-SUCCEEDED" not in out, out
+    assert out.split("\n")[0] == "1" and "IO-OK" in out, out
+    assert status(a)["cstate"] == "connected"
+
+
+def test_rmmod_idle_removes_devices(pair):
+    a = pair.alpha
+    load(a)
+    a.ok("truncate -s 64M /tmp/loop0.img && losetup /dev/loop0 /tmp/loop0.img")
+    create(a, "primary")
+    a.ok(f"{CTL} create r1 --table {q(table(a, 'primary', sectors=65536, backing='/dev/loop0'))}")
+    a.ok("test -b /dev/rmirror0 && test -b /dev/rmirror1")
+    a.ok("rmmod rmirror", timeout=60)
+    assert not loaded(a)
+    a.ok("test ! -e /dev/rmirror0 && test ! -e /dev/rmirror1 && test ! -e /sys/block/rmirror0 && "
+         "test ! -e /sys/block/rmirror1 && test ! -e /dev/rmirror-control")
+    # the backing devices were released: they can be opened exclusively again
+    a.ok("mkfs.ext4 -q -F /dev/loop0 && mount /dev/loop0 /mnt/a && umount /mnt/a")
+    load(a)
+    assert a.ok(f"{CTL} list").strip() == ""
+    create(a, "primary")
