@@ -209,10 +209,14 @@ cat > "$S/sbin/rmirror-agent" <<'EOF'
 # short while the port was closed).
 set -f
 port=
-for d in /sys/class/virtio-ports/*; do
-    [ "$(cat "$d/name" 2>/dev/null)" = rmirror.agent ] && port=/dev/${d##*/}
+for f in $(find /sys/devices -path '*/vport*p*/name' 2>/dev/null); do
+    d=${f%/name}
+    [ "$(cat "$f" 2>/dev/null)" = rmirror.agent ] && port=/dev/${d##*/}
 done
-[ -n "$port" ] || { echo "rmirror-agent: no virtio port named rmirror.agent" > /dev/kmsg; sleep 5; exit 1; }
+if [ -z "$port" ]; then
+    echo "rmirror-agent: no virtio port named rmirror.agent; have: $(find /sys/devices -path '*/vport*p*/name' 2>&1 | tr '\n' ' ') dev: $(ls /dev | grep -E 'vport|hvc' | tr '\n' ' ')" > /dev/kmsg
+    sleep 5; exit 1
+fi
 W=/run/agent
 mkdir -p $W
 exec 3<>"$port" || exit 1

@@ -174,11 +174,11 @@ class Vm:
     def qemu_argv(self):
         ip, mac = GUESTS[self.name]
         kvm = os.environ.get("RMIRROR_KVM") == "1"
-        append = (f"console=ttyS0 loglevel=7 printk.devkmsg=on root=/dev/vda ro rootfstype=ext4 init=/init "
+        append = (f"console=ttyS0 loglevel=7 no_timer_check printk.devkmsg=on root=/dev/vda ro rootfstype=ext4 init=/init "
                   f"panic=-1 rmirror.host={self.name} rmirror.ip={ip} {self.append}").strip()
         argv = ["qemu-system-x86_64",
                 "-accel", "kvm" if kvm else "tcg",
-                "-cpu", "host" if kvm else "max",
+                "-cpu", "host" if kvm else os.environ.get("RMIRROR_CPU", "qemu64"),
                 "-m", str(self.mem), "-smp", str(self.smp),
                 "-name", self.name,
                 "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
@@ -240,7 +240,7 @@ class Vm:
                                  + self.tail())
             if now >= next_ping:
                 pings.add(self._send("echo ready", 10))
-                next_ping = now + 1.0
+                next_ping = now + 0.5
             line = self._readline(min(deadline, next_ping))
             if line is None:
                 continue
@@ -492,7 +492,6 @@ class Pair:
                 if os.path.exists(vm.disk):
                     os.unlink(vm.disk)      # the big files; the logs stay
             log(f"kept {self.workdir}")
-        self.vms_stopped = True
         if problems is not None and check:
             raise problems
 

@@ -90,7 +90,7 @@ impl MiscDevice for Control {
 }
 
 fn bad(what: &str, why: &str) -> Error {
-    pr_err!("rmirror: {}: {}\n", what, why);
+    pr_err!("{}: {}\n", what, why);
     EINVAL
 }
 
@@ -155,20 +155,20 @@ fn addr(a: table::SockAddr) -> SockAddr {
 
 fn create(name: &Name, line: &str) -> Result<u32> {
     let t = table::parse(line).map_err(|e| {
-        pr_err!("rmirror: {}: table: {}\n", name.as_str(), e.as_str());
+        pr_err!("{}: table: {}\n", name.as_str(), e.as_str());
         EINVAL
     })?;
     if t.protocol != table::Protocol::C {
-        pr_err!("rmirror: {}: table: protocol {} is not supported yet (only C)\n", name.as_str(), t.protocol.as_str());
+        pr_err!("{}: table: protocol {} is not supported yet (only C)\n", name.as_str(), t.protocol.as_str());
         return Err(EINVAL);
     }
     let mut reg = DEVICES.lock();
     if reg.find(name.as_bytes()).is_some() {
-        pr_err!("rmirror: {}: a device with this name exists\n", name.as_str());
+        pr_err!("{}: a device with this name exists\n", name.as_str());
         return Err(EEXIST);
     }
     let slot = reg.slots.iter().position(|s| s.is_none()).ok_or_else(|| {
-        pr_err!("rmirror: {}: all {} device slots in use\n", name.as_str(), MAX_DEVICES);
+        pr_err!("{}: all {} device slots in use\n", name.as_str(), MAX_DEVICES);
         ENOSPC
     })?;
     let mut canon = KVec::from_elem(0u8, table::LINE_MAX, GFP_KERNEL)?;
@@ -195,7 +195,7 @@ fn remove(name: &Name) -> Result {
     let i = reg.find(name.as_bytes()).ok_or(ENXIO)?;
     let e = reg.slots[i].take().ok_or(ENXIO)?;
     if let Err(err) = e.begin_remove() {
-        pr_err!("rmirror: {}: cannot remove: device is open\n", name.as_str());
+        pr_err!("{}: cannot remove: device is open\n", name.as_str());
         reg.slots[i] = Some(e);
         return Err(err);
     }

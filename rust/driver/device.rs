@@ -118,18 +118,18 @@ impl Device {
     /// Creates the device, its disk and its threads.
     pub(crate) fn create(cfg: Config, t: &table::Table<'_>) -> Result<Entry> {
         let backing = BackingDev::open(&cfg.backing_path).inspect_err(|e| {
-            pr_err!("rmirror: {}: cannot open backing device {}: error {}\n",
+            pr_err!("{}: cannot open backing device {}: error {}\n",
                 &*cfg.name, &*cfg.backing_path, e.to_errno());
         })?;
         let have = backing.nr_sectors();
         if cfg.sectors > have {
-            pr_err!("rmirror: {}: table: length {} exceeds the backing device ({} sectors)\n",
+            pr_err!("{}: table: length {} exceeds the backing device ({} sectors)\n",
                 &*cfg.name, cfg.sectors, have);
             return Err(EINVAL);
         }
         let listener = match cfg.role {
             Role::Secondary => Some(crate::bindings::net::Socket::listen(cfg.local).inspect_err(|e| {
-                pr_err!("rmirror: {}: cannot listen on {}: error {}\n", &*cfg.name, Addr(cfg.local), e.to_errno());
+                pr_err!("{}: cannot listen on {}: error {}\n", &*cfg.name, Addr(cfg.local), e.to_errno());
             })?),
             Role::Primary => None,
         };
@@ -169,7 +169,7 @@ impl Device {
                 entry.threads.push(Thread::start(c"rmirror_recv", arg, crate::receiver::secondary_listen)?, GFP_KERNEL)?;
             }
         }
-        pr_info!("rmirror: {}: created /dev/rmirror{} ({}, {} sectors on {}, local {}, peer {}, protocol {})\n",
+        pr_info!("{}: created /dev/rmirror{} ({}, {} sectors on {}, local {}, peer {}, protocol {})\n",
             &*dev.cfg.name, dev.cfg.index, dev.cfg.role.as_str(), dev.cfg.sectors, &*dev.cfg.backing_path,
             Addr(dev.cfg.local), Addr(dev.cfg.peer), dev.cfg.protocol.as_str());
         Ok(entry)
@@ -242,7 +242,7 @@ impl Device {
         if let Some(l) = link {
             l.shutdown();
         }
-        pr_warn!("rmirror: {}: connection lost: {}\n", &*self.cfg.name, why);
+        pr_warn!("{}: connection lost: {}\n", &*self.cfg.name, why);
         for r in queued.drain_all() {
             r.net_done(false);
         }
@@ -259,6 +259,14 @@ impl Device {
             }
         }
         self.room.notify_all();
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // Whatever path drops an entry (failed create, teardown), threads must see the stop
+        // request before the fields drop and `kthread_stop` waits for them.
+        self.dev.stop();
     }
 }
 
@@ -283,7 +291,7 @@ impl Entry {
             crate::bindings::thread::sleep_ms(10);
         }
         self.disk = None; // del_gendisk: no more callbacks use the device pointer
-        pr_info!("rmirror: {}: removed\n", &*dev.cfg.name);
+        pr_info!("{}: removed\n", &*dev.cfg.name);
     }
 }
 

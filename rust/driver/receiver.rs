@@ -28,7 +28,7 @@ pub(crate) struct Listener {
 fn frame_buffer(dev: &Device) -> Option<KVVec<u8>> {
     let buf = KVVec::from_elem(0u8, max_frame(MAX_IO_BYTES), GFP_KERNEL).ok();
     if buf.is_none() {
-        pr_err!("rmirror: {}: no memory for the receive buffer\n", &*dev.cfg.name);
+        pr_err!("{}: no memory for the receive buffer\n", &*dev.cfg.name);
     }
     buf
 }
@@ -66,7 +66,7 @@ impl Device {
             c.small_writes = small_writes;
         }
         self.room.notify_all();
-        pr_info!("rmirror: {}: connected to {} (small writes {})\n", &*self.cfg.name, Addr(self.cfg.peer),
+        pr_info!("{}: connected to {} (small writes {})\n", &*self.cfg.name, Addr(self.cfg.peer),
             if small_writes { "on" } else { "off" });
     }
 
@@ -117,6 +117,17 @@ impl Device {
     }
 }
 
+/// Why a transport error ended a connection, in words.
+fn io_reason(e: Error) -> &'static str {
+    if e == crate::bindings::errno::econnreset() {
+        "the peer closed the connection"
+    } else if e == crate::bindings::errno::eshutdown() {
+        "shut down"
+    } else {
+        "receive failed"
+    }
+}
+
 /// Primary connection thread body.
 pub(crate) fn primary_conn(dev: &Arc<Device>) {
     let Some(mut buf) = frame_buffer(dev) else { return };
@@ -154,7 +165,7 @@ pub(crate) fn primary_conn(dev: &Arc<Device>) {
                 Ok(Message::Disconnect { .. }) => break "the peer disconnected",
                 Ok(_) => break "unexpected message from the secondary",
                 Err(RecvError::Protocol(e)) => break e.as_str(),
-                Err(RecvError::Io(_)) => break "receive failed",
+                Err(RecvError::Io(e)) => break io_reason(e),
             };
             if r.is_err() {
                 break "ack for an unknown write";
@@ -181,7 +192,7 @@ pub(crate) fn secondary_listen(l: &Arc<Listener>) {
         match sock.peer() {
             Ok(a) if a.ip == dev.cfg.peer.ip => {}
             Ok(a) => {
-                pr_warn!("rmirror: {}: refused a connection from {}\n", &*dev.cfg.name, Addr(a));
+                pr_warn!("{}: refused a connection from {}\n", &*dev.cfg.name, Addr(a));
                 continue;
             }
             Err(_) => continue,
@@ -242,7 +253,7 @@ fn serve(dev: &Device, link: &dyn Transport, buf: &mut [u8], lim: &Limits) -> &'
             Ok(Message::Disconnect { .. }) => return "the peer disconnected",
             Ok(_) => return "unexpected message from the primary",
             Err(RecvError::Protocol(e)) => return e.as_str(),
-            Err(RecvError::Io(_)) => return "receive failed",
+            Err(RecvError::Io(e)) => return io_reason(e),
         };
         if send_msg(link, &reply, &stop).is_err() {
             return "send failed";
@@ -258,7 +269,7 @@ fn apply(dev: &Device, meta: &wire::WriteMeta, data: &[u8]) -> Message<'static> 
     let kind = match dev.backing.write_sync(meta.sector, data, preflush, fua) {
         Ok(()) => AckKind::Durable,
         Err(e) => {
-            pr_err!("rmirror: {}: write of {} bytes at sector {} failed: error {}\n",
+            pr_err!("{}: write of {} bytes at sector {} failed: error {}\n",
                 &*dev.cfg.name, meta.len, meta.sector, e.to_errno());
             AckKind::Negative
         }

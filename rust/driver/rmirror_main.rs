@@ -53,7 +53,7 @@ struct Rmirror {
 impl kernel::InPlaceModule for Rmirror {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         control::init_registry();
-        pr_info!("rmirror: loaded (wire protocol v{})\n", rcore::wire::VERSION);
+        pr_info!("loaded (wire protocol v{})\n", rcore::wire::VERSION);
         try_pin_init!(Self { control <- control::register() })
     }
 }
@@ -63,6 +63,6 @@ impl PinnedDrop for Rmirror {
     fn drop(self: Pin<&mut Self>) {
         // No device can be open here: every open holds a module reference.
         control::remove_all();
-        pr_info!("rmirror: unloaded\n");
+        pr_info!("unloaded\n");
     }
 }

@@ -94,9 +94,6 @@ struct gendisk *rmirror_disk_create(void *dev, int index, struct block_device *b
 	disk = blk_alloc_disk(&lim, NUMA_NO_NODE);
 	if (IS_ERR(disk))
 		return disk;
-	disk->major = 0;
-	disk->first_minor = 0;
-	disk->minors = 1;
 	disk->flags |= GENHD_FL_NO_PART;
 	disk->fops = &rmirror_fops;
 	disk->private_data = dev;

@@ -53,7 +53,7 @@ pub(crate) fn store(dev: &Device, attr: u32, input: &[u8]) -> Result {
             let v = parse_u32(input)
                 .filter(|v| *v <= INLINE_MAX_LIMIT && v % INLINE_MAX_ALIGN == 0)
                 .ok_or_else(|| {
-                    pr_err!("rmirror: {}: inline_max: expected a multiple of {} from 0 to {}\n",
+                    pr_err!("{}: inline_max: expected a multiple of {} from 0 to {}\n",
                         &*dev.cfg.name, INLINE_MAX_ALIGN, INLINE_MAX_LIMIT);
                     EINVAL
                 })?;

@@ -23,7 +23,7 @@
 
 use core::fmt;
 
-use super::table::{role_name, Protocol, Role, SockAddr};
+use super::table::{Protocol, Role, SockAddr};
 
 /// ioctl "type" (magic) byte shared by all rmirror control commands.
 pub const IOC_TYPE: u8 = 0xE7;
@@ -620,7 +620,7 @@ impl fmt::Write for TextWriter<'_> {
 pub mod status {
     use core::fmt::{self, Write as _};
 
-    use super::{role_name, AbiError, Protocol, Role, SockAddr, TextWriter};
+    use super::{AbiError, Protocol, Role, SockAddr, TextWriter};
 
     /// Key: device name.
     pub const NAME: &str = "name";
@@ -798,7 +798,7 @@ pub mod status {
             let mut w = Writer::new(out);
             w.field(NAME, self.name)?;
             w.field(MINOR, self.minor)?;
-            w.field(ROLE, role_name(self.role))?;
+            w.field(ROLE, self.role.as_str())?;
             w.field(CSTATE, self.cstate)?;
             w.field(PEER, self.peer)?;
             w.field(LOCAL, self.local)?;

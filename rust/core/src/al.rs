@@ -747,6 +747,17 @@ impl Recovered<'_> {
     pub fn extent_to_sectors(&self, extent: u32) -> (u64, u64) {
         extent_to_sectors(self.extent_shift, extent)
     }
+
+    /// Sector ranges `(first sector, sectors)` of [`Recovered::extents`], clipped to a data
+    /// area of `device_sectors` (extents wholly beyond it are skipped): pass each to
+    /// `bitmap::Bitmap::set_range`.
+    pub fn sector_ranges(&self, device_sectors: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.extents().filter_map(move |e| {
+            let (start, len) = self.extent_to_sectors(e);
+            let end = start.saturating_add(len).min(device_sectors);
+            (start < end).then_some((start, end - start))
+        })
+    }
 }
 
 /// A decoded transaction header (after checksum and sanity checks).
@@ -1093,7 +1104,7 @@ mod tests {
 
         let mut l = log(16, 2);
         let mut ring = vec![[0u8; SLOT_SIZE]; 2];
-        l.begin_write(5 * ES, 1).unwrap();
+        assert_eq!(l.begin_write(5 * ES, 1), Ok(Activation::Wait));
         commit_all(&mut l, &mut ring);
         // Another device's uuid: ignored.
         let rec = recover(UUID + 1, DEFAULT_EXTENT_SHIFT, ring.iter(), &mut state);
@@ -1110,7 +1121,7 @@ mod tests {
         bad[0][100] ^= 1;
         let rec = recover(UUID, DEFAULT_EXTENT_SHIFT, bad.iter(), &mut state);
         assert_eq!((rec.valid, rec.torn, rec.complete), (0, 1, true));
-        let bad2 = vec![bad[0], bad[0]];
+        let bad2 = [bad[0], bad[0]];
         let rec = recover(UUID, DEFAULT_EXTENT_SHIFT, bad2.iter(), &mut state);
         assert!(!rec.complete);
         // A future version is not understood.
@@ -1123,6 +1134,9 @@ mod tests {
         assert!(!rec.complete);
         let rec = recover(UUID, DEFAULT_EXTENT_SHIFT, ring.iter(), &mut state);
         assert_eq!(rec.extents().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(rec.sector_ranges(6 * ES).collect::<Vec<_>>(), vec![(5 * ES, ES)]);
+        assert_eq!(rec.sector_ranges(5 * ES + 3).collect::<Vec<_>>(), vec![(5 * ES, 3)]);
+        assert_eq!(rec.sector_ranges(5 * ES).count(), 0);
     }
 
     /// Rolling context with N > context_len: needs several transactions per rotation.
@@ -1136,7 +1150,7 @@ mod tests {
         );
         let mut ring = vec![[0u8; SLOT_SIZE]; 5];
         for e in 0..20u64 {
-            l.begin_write(e * ES, 1).unwrap();
+            assert_eq!(l.begin_write(e * ES, 1), Ok(Activation::Wait));
             commit_all(&mut l, &mut ring);
         }
         // Many more (empty) transactions: the activations' own updates leave the ring, the
@@ -1278,7 +1292,6 @@ mod tests {
                         }
                         let next = rec.next_seq;
                         prop_assert!(next >= l.next_seq());
-                        drop(rec);
                         writes.clear();
                         l = Log::with_context_len(c, state, next, ctx).unwrap();
                     }

@@ -21,8 +21,9 @@
 //!
 //! Example: `0 2097152 rmirror /dev/vdb primary 10.0.0.1:7788 10.0.0.2:7788 C inline_max=4096`.
 //!
-//! [`Table::write`] (and `Display`) produce the canonical form, which always spells out both
-//! options: `parse(write(t)) == t` for every table `parse` accepts.
+//! [`Table::write`] (and `Display`) produce the canonical form: single spaces, options only
+//! where they differ from their defaults (like dmsetup's table output), so a line written
+//! without options reads back unchanged. `parse(write(t)) == t` for every table `parse` accepts.
 
 use core::fmt::{self, Write as _};
 
@@ -138,31 +139,35 @@ impl fmt::Display for TableError {
     }
 }
 
-/// The role a device is created with: the wire protocol's role (one type for both).
+/// The role a device is created with: the wire protocol's handshake role, one type for both.
 pub use super::wire::Role;
 
-/// The table/status spelling of `role`: `primary` | `secondary`.
-pub const fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Primary => "primary",
-        Role::Secondary => "secondary",
+/// Table and status spellings of [`Role`] (an inherent impl here, beside the grammar that
+/// defines them; the type itself lives in `wire`).
+impl Role {
+    /// The table/status spelling: `primary` | `secondary`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
     }
-}
 
-/// Parses the table/status spelling of a role (exact, lower case).
-pub fn parse_role(s: &str) -> Option<Role> {
-    match s {
-        "primary" => Some(Role::Primary),
-        "secondary" => Some(Role::Secondary),
-        _ => None,
+    /// Parses the table/status spelling (exact, lower case).
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "primary" => Some(Role::Primary),
+            "secondary" => Some(Role::Secondary),
+            _ => None,
+        }
     }
-}
 
-/// The `node_id` a table gets when it has no `node_id=` option: 0 for primary, 1 for secondary.
-pub const fn default_node_id(role: Role) -> u8 {
-    match role {
-        Role::Primary => 0,
-        Role::Secondary => 1,
+    /// The `node_id` a table gets without a `node_id=` option: 0 for primary, 1 for secondary.
+    pub const fn default_node_id(self) -> u8 {
+        match self {
+            Role::Primary => 0,
+            Role::Secondary => 1,
+        }
     }
 }
 
@@ -272,8 +277,9 @@ pub struct Table<'a> {
 }
 
 impl Table<'_> {
-    /// Writes the canonical line (both options spelled out, single spaces, no newline)
-    /// into `out`; returns its length. [`LINE_MAX`] bytes always suffice.
+    /// Writes the canonical line into `out` (single spaces, no newline, options only where
+    /// they differ from their defaults, `inline_max` before `node_id`); returns its length.
+    /// [`LINE_MAX`] bytes always suffice.
     pub fn write(&self, out: &mut [u8]) -> Result<usize, TableError> {
         let mut w = TextWriter::new(out);
         write!(w, "{self}").map_err(|_| TableError::NoSpace)?;
@@ -285,17 +291,22 @@ impl fmt::Display for Table<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {} {TARGET} {} {} {} {} {} inline_max={} node_id={}",
+            "{} {} {TARGET} {} {} {} {} {}",
             self.start,
             self.len,
             self.backing,
-            role_name(self.role),
+            self.role.as_str(),
             self.local,
             self.peer,
             self.protocol,
-            self.inline_max,
-            self.node_id
-        )
+        )?;
+        if self.inline_max != INLINE_MAX_DEFAULT {
+            write!(f, " inline_max={}", self.inline_max)?;
+        }
+        if self.node_id != self.role.default_node_id() {
+            write!(f, " node_id={}", self.node_id)?;
+        }
+        Ok(())
     }
 }
 
@@ -349,7 +360,7 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
         return Err(TableError::BadTarget);
     }
     let backing = parse_backing(backing)?;
-    let role = parse_role(role).ok_or(TableError::BadRole)?;
+    let role = Role::parse(role).ok_or(TableError::BadRole)?;
     let local = SockAddr::parse(local).ok_or(TableError::BadLocal)?;
     let peer = SockAddr::parse(peer).ok_or(TableError::BadPeer)?;
     let protocol = Protocol::parse(protocol).ok_or(TableError::BadProtocol)?;
@@ -398,7 +409,7 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
         peer,
         protocol,
         inline_max: inline_max.unwrap_or(INLINE_MAX_DEFAULT),
-        node_id: node_id.unwrap_or(default_node_id(role)),
+        node_id: node_id.unwrap_or(role.default_node_id()),
     })
 }
 
@@ -469,10 +480,25 @@ mod tests {
     fn canonical_write() {
         let mut out = [0u8; LINE_MAX];
         let n = good().write(&mut out).unwrap();
-        assert_eq!(
-            &out[..n],
-            b"0 2048 rmirror /dev/vdb primary 10.0.0.1:7788 10.0.0.2:7788 C inline_max=4096 node_id=0"
-        );
+        assert_eq!(&out[..n], GOOD.as_bytes());
+        let t = Table {
+            inline_max: 0,
+            node_id: 1,
+            ..good()
+        };
+        assert_eq!(t.to_string(), format!("{GOOD} inline_max=0 node_id=1"));
+        let t = Table {
+            role: Role::Secondary,
+            node_id: 1,
+            ..good()
+        };
+        assert_eq!(t.to_string(), GOOD.replace("primary", "secondary"));
+        let t = Table {
+            role: Role::Secondary,
+            node_id: 0,
+            ..good()
+        };
+        assert!(t.to_string().ends_with(" C node_id=0"));
         assert_eq!(good().to_string().as_bytes(), &out[..n]);
         let mut small = [0u8; 10];
         assert_eq!(good().write(&mut small), Err(TableError::NoSpace));
@@ -616,12 +642,12 @@ mod tests {
 
     #[test]
     fn names_and_messages() {
-        assert_eq!(role_name(Role::Primary), "primary");
-        assert_eq!(role_name(Role::Secondary), "secondary");
-        assert_eq!(parse_role("secondary"), Some(Role::Secondary));
-        assert_eq!(parse_role("Primary"), None);
-        assert_eq!(default_node_id(Role::Primary), 0);
-        assert_eq!(default_node_id(Role::Secondary), 1);
+        assert_eq!(Role::Primary.as_str(), "primary");
+        assert_eq!(Role::Secondary.as_str(), "secondary");
+        assert_eq!(Role::parse("secondary"), Some(Role::Secondary));
+        assert_eq!(Role::parse("Primary"), None);
+        assert_eq!(Role::Primary.default_node_id(), 0);
+        assert_eq!(Role::Secondary.default_node_id(), 1);
         assert_eq!(Protocol::C.to_string(), "C");
         use TableError::*;
         let all = [

@@ -44,6 +44,10 @@ pub const MAGIC: u16 = 0x4D52;
 pub const VERSION: u8 = 1;
 /// Oldest protocol version this code can speak (sent as `proto_min` in the handshake).
 pub const VERSION_MIN: u8 = 1;
+/// Version byte of every [`Command::Handshake`] frame, whatever versions the sides speak:
+/// the handshake layout is frozen (later versions may only append fields), so any two
+/// versions can read each other's handshake.
+pub const HANDSHAKE_VERSION: u8 = 1;
 /// Length of the preamble every message starts with; the total length follows from it.
 pub const PREAMBLE_LEN: usize = 16;
 /// Hard cap on any message payload (data, RLE bytes), whatever [`Limits::max_payload`] says.
@@ -174,7 +178,7 @@ pub enum DecodeError {
     BadMagic,
     /// The command byte is not a known [`Command`].
     UnknownCommand(u8),
-    /// The version byte is not [`VERSION`].
+    /// The version byte is not [`VERSION`] ([`HANDSHAKE_VERSION`] for a handshake).
     BadVersion,
     /// Fewer bytes than the frame needs.
     Truncated,
@@ -329,6 +333,15 @@ impl Command {
             | Command::Barrier
             | Command::BarrierAck
             | Command::Disconnect => 16,
+        }
+    }
+
+    /// The version byte frames of this command carry: [`HANDSHAKE_VERSION`] for the
+    /// handshake, [`VERSION`] for everything else.
+    pub const fn version(self) -> u8 {
+        match self {
+            Command::Handshake => HANDSHAKE_VERSION,
+            _ => VERSION,
         }
     }
 
@@ -591,7 +604,22 @@ pub struct Ping {
 pub enum Message<'a> {
     /// Version/feature negotiation and device identity.
     Handshake(Handshake),
-    /// A write of at most [`SMALL_WRITE_MAX`] bytes; header exactly 16 bytes, then `data`.
+    /// A write of at most [`SMALL_WRITE_MAX`] bytes; header exactly 16 bytes (128 bits,
+    /// magic and command included) carrying all metadata, then `data`:
+    ///
+    /// ```text
+    ///  byte   0       1       2       3       4       5       6       7
+    ///       +-------+-------+-------+-------+-------+-------+-------+-------+
+    ///       |  0x52 |  0x4D |  0x02 |  0x01 |      seq (u32, little-endian) |
+    ///       +-------+-------+-------+-------+-------+-------+-------+-------+
+    ///        magic "RM"       cmd     ver
+    ///  byte   8..16: one u64, little-endian:
+    ///   63        56 55   53 52       46 45                                  0
+    ///  +------------+-------+-----------+-------------------------------------+
+    ///  |   volume   | flags | sectors-1 |           sector (46 bits)          |
+    ///  +------------+-------+-----------+-------------------------------------+
+    ///  byte  16..: data, sectors * 512 bytes (1 ..= 128 sectors)
+    /// ```
     SmallWrite {
         /// All metadata of the write.
         meta: WriteMeta,
@@ -904,7 +932,7 @@ impl<'a> Message<'a> {
         let mut h = [0u8; MAX_HEADER_LEN];
         put_u16(&mut h, off::MAGIC, MAGIC);
         put_u8(&mut h, off::CMD, cmd as u8);
-        put_u8(&mut h, off::VERSION, VERSION);
+        put_u8(&mut h, off::VERSION, cmd.version());
         if cmd != Command::SmallWrite {
             // Header and payload sizes are bounded by the validation above
             // (payload <= MAX_PAYLOAD), so this fits a u32.
@@ -1087,7 +1115,7 @@ fn parts(pre: &[u8], lim: &Limits) -> Result<(Command, usize, usize), DecodeErro
     }
     let c = get_u8(pre, off::CMD)?;
     let cmd = Command::from_u8(c).ok_or(DecodeError::UnknownCommand(c))?;
-    if get_u8(pre, off::VERSION)? != VERSION {
+    if get_u8(pre, off::VERSION)? != cmd.version() {
         return Err(DecodeError::BadVersion);
     }
     let hl = cmd.header_len();

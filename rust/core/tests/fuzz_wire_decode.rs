@@ -46,7 +46,7 @@ fn body_over_samples_and_truncations() {
 #[test]
 fn body_over_byte_mutations() {
     for input in inputs().into_iter().step_by(2) {
-        for pos in 1..input.len().min(1 + wire_samples_header_span()) {
+        for pos in 1..input.len().min(1 + rmirror_core::wire::MAX_HEADER_LEN) {
             for mask in [0x01u8, 0x02, 0x10, 0x80, 0xff] {
                 let mut m = input.clone();
                 m[pos] ^= mask;
@@ -54,11 +54,6 @@ fn body_over_byte_mutations() {
             }
         }
     }
-}
-
-/// Bytes at the start of a frame worth mutating (the largest fixed header).
-fn wire_samples_header_span() -> usize {
-    rmirror_core::wire::MAX_HEADER_LEN
 }
 
 #[test]

@@ -1021,3 +1021,38 @@ fn message_and_ack_counts_per_write_path() {
         Ok(Message::WriteNotify { seq: 9, len: 40960 })
     );
 }
+
+/// The example in Documentation/wire-protocol.rst.
+#[test]
+fn rle_documented_example() {
+    let bits: Vec<bool> = [(false, 8), (true, 4), (false, 16), (true, 1)]
+        .iter()
+        .flat_map(|&(b, n)| std::iter::repeat_n(b, n))
+        .collect();
+    let bm = pack_bits(&bits);
+    let mut out = [0u8; wire::RLE_MIN_OUT];
+    let c = wire::rle_encode(&bm, 0, 29, &mut out).unwrap();
+    assert_eq!((c.bits, &out[..c.len]), (29, &[0x08, 0x04, 0x10, 0x01][..]));
+    // Starting at bit 8 (dirty first): a zero-length clean run comes first.
+    let c = wire::rle_encode(&bm, 8, 21, &mut out).unwrap();
+    assert_eq!(&out[..c.len], &[0x00, 0x04, 0x10, 0x01]);
+    assert_eq!(wire::rle_check(&out[..c.len], 21), Ok(5));
+    // A zero run anywhere but first, or runs not summing to `bits`, are rejected.
+    assert_eq!(
+        wire::rle_check(&[0x01, 0x00, 0x01], 2),
+        Err(DecodeError::BadField)
+    );
+    assert_eq!(
+        wire::rle_check(&[0x08, 0x04], 13),
+        Err(DecodeError::BadField)
+    );
+    assert_eq!(
+        wire::rle_check(&[0x08, 0x04], 11),
+        Err(DecodeError::BadField)
+    );
+    // Too small an output buffer to make progress.
+    assert_eq!(
+        wire::rle_encode(&[0xff; 200], 0, 1600, &mut [0u8; 1]),
+        Err(EncodeError::BufferTooSmall)
+    );
+}

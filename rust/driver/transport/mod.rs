@@ -19,7 +19,7 @@ pub(crate) trait Transport: Send + Sync {
 
 /// Why a frame could not be received.
 pub(crate) enum RecvError {
-    /// The transport failed or was shut down.
+    /// The transport failed or was shut down (the errno, for the log).
     Io(Error),
     /// The peer sent something that is not a valid message: drop the connection.
     Protocol(DecodeError),
@@ -31,8 +31,13 @@ impl From<Error> for RecvError {
     }
 }
 
-/// Receives one whole frame into `buf` (sized for the largest message `lim` allows) and
-/// decodes it. Lengths are checked from the 16-byte preamble before anything else is read.
+/// Where a frame's payload goes in the receive buffer: page aligned, since the secondary hands
+/// it straight to the block layer, which rejects buffers that break the device's DMA alignment.
+pub(crate) const PAYLOAD_OFFSET: usize = 4096;
+
+/// Receives one frame into `buf` (see [`max_frame`]) and decodes it: the header at the start,
+/// the payload at [`PAYLOAD_OFFSET`]. Lengths come from the 16-byte preamble and are checked
+/// against `lim` before anything else is read.
 pub(crate) fn recv_msg<'a>(
     t: &dyn Transport,
     buf: &'a mut [u8],
@@ -41,25 +46,22 @@ pub(crate) fn recv_msg<'a>(
 ) -> core::result::Result<Message<'a>, RecvError> {
     let mut pre = [0u8; wire::PREAMBLE_LEN];
     t.recv_exact(&mut pre, stop)?;
-    let total = wire::frame_len(&pre, lim).map_err(RecvError::Protocol)?;
-    if total > buf.len() || total < wire::PREAMBLE_LEN {
+    let (hlen, plen) = wire::frame_parts(&pre, lim).map_err(RecvError::Protocol)?;
+    if hlen > PAYLOAD_OFFSET || PAYLOAD_OFFSET + plen > buf.len() {
         return Err(RecvError::Protocol(DecodeError::Oversized));
     }
-    buf[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
-    t.recv_exact(&mut buf[wire::PREAMBLE_LEN..total], stop)?;
-    wire::decode(&buf[..total], lim).map_err(RecvError::Protocol)
+    let (head, tail) = buf.split_at_mut(PAYLOAD_OFFSET);
+    head[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
+    t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
+    t.recv_exact(&mut tail[..plen], stop)?;
+    wire::decode_parts(&head[..hlen], &tail[..plen], lim).map_err(RecvError::Protocol)
 }
 
 /// Sends `msg`: its header from a stack buffer and any payload straight from its slice.
 pub(crate) fn send_msg(t: &dyn Transport, msg: &Message<'_>, stop: &dyn Fn() -> bool) -> Result {
-    let mut hdr = [0u8; wire::HANDSHAKE_MAX_LEN];
+    let mut hdr = [0u8; wire::MAX_HEADER_LEN];
     let n = msg.encode_header(&mut hdr).map_err(|_| EINVAL)?;
-    let payload: &[u8] = match msg {
-        Message::SmallWrite { data, .. } | Message::WriteData { data, .. } => data,
-        Message::ResyncReply { data, .. } => data,
-        Message::Bitmap { rle, .. } => rle,
-        _ => &[],
-    };
+    let payload = msg.payload();
     if payload.is_empty() {
         t.send(&[&hdr[..n]], stop)
     } else {
@@ -67,7 +69,7 @@ pub(crate) fn send_msg(t: &dyn Transport, msg: &Message<'_>, stop: &dyn Fn() -> 
     }
 }
 
-/// Largest frame we ever receive: the largest header plus the largest bio.
+/// Receive buffer size for payloads up to `max_payload` bytes.
 pub(crate) const fn max_frame(max_payload: u32) -> usize {
-    wire::HANDSHAKE_MAX_LEN + max_payload as usize
+    PAYLOAD_OFFSET + max_payload as usize
 }

@@ -137,7 +137,7 @@ impl TableOpts {
             peer: self.peer.ok_or_else(|| missing("peer"))?,
             protocol: self.protocol.map_or(Protocol::C, Protocol::from),
             inline_max: self.inline_max.unwrap_or(table::INLINE_MAX_DEFAULT),
-            node_id: self.node_id.unwrap_or(table::default_node_id(role)),
+            node_id: self.node_id.unwrap_or(role.default_node_id()),
         };
         // A path with whitespace would split into several fields: catch it by name.
         if backing.chars().any(char::is_whitespace) {
@@ -192,14 +192,14 @@ mod tests {
         o.len = Some(2048);
         assert_eq!(
             o.line(no_size).unwrap(),
-            "0 2048 rmirror /dev/vdb primary 10.0.0.1:7788 10.0.0.2:7788 C inline_max=4096 node_id=0"
+            "0 2048 rmirror /dev/vdb primary 10.0.0.1:7788 10.0.0.2:7788 C"
         );
         o.role = Some(RoleArg::Secondary);
         o.protocol = Some(ProtocolArg::A);
         o.inline_max = Some(0);
         assert_eq!(
             o.line(no_size).unwrap(),
-            "0 2048 rmirror /dev/vdb secondary 10.0.0.1:7788 10.0.0.2:7788 A inline_max=0 node_id=1"
+            "0 2048 rmirror /dev/vdb secondary 10.0.0.1:7788 10.0.0.2:7788 A inline_max=0"
         );
         o.node_id = Some(7);
         assert!(o.line(no_size).unwrap().ends_with(" node_id=7"));

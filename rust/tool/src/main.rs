@@ -27,7 +27,7 @@ use output::Format;
 
 /// Control rmirror block replication devices (/dev/rmirrorN).
 #[derive(Debug, Parser)]
-#[command(name = "rmirrorctl", version, about, long_about = None)]
+#[command(name = "rmirrorctl", version)]
 pub struct Cli {
     /// Control device of the rmirror module
     #[arg(
@@ -336,7 +336,7 @@ mod tests {
         };
         assert_eq!(
             a.opts.line(|_| unreachable!()).unwrap(),
-            "0 8 rmirror /dev/vdb secondary 10.0.0.2:7788 10.0.0.1:7788 C inline_max=4096 node_id=1"
+            "0 8 rmirror /dev/vdb secondary 10.0.0.2:7788 10.0.0.1:7788 C"
         );
     }
 

@@ -82,6 +82,9 @@ pub struct Context {
     pub force: bool,
     /// Dual-primary allowed.
     pub allow_two_primaries: bool,
+    /// The connection is being established (handshake or probation): role and disk
+    /// changes wait until it settles (DRBD's `SS_IN_TRANSIENT_STATE`).
+    pub transient: bool,
 }
 
 /// Why a requested transition was refused (DRBD's `SS_*` codes).
@@ -113,6 +116,8 @@ pub enum Reason {
     ConnectedOutdates,
     /// Only a finished resync (or `force`) makes a disk up to date.
     NeedsResync,
+    /// The connection is being established; retry once it settled.
+    InTransientState,
 }
 
 impl Reason {
@@ -132,6 +137,7 @@ impl Reason {
             Reason::PrimaryOutdated => "cannot outdate a primary",
             Reason::ConnectedOutdates => "cannot outdate while connected",
             Reason::NeedsResync => "only a resync makes this disk up to date",
+            Reason::InTransientState => "connection is being established, retry later",
         }
     }
 }
@@ -199,6 +205,9 @@ pub fn is_valid_soft_transition(os: &State, ns: &State, ctx: &Context) -> Result
     if os == ns {
         return Err(Reason::NothingToDo);
     }
+    if ctx.transient && (os.role != ns.role || os.disk != ns.disk) {
+        return Err(Reason::InTransientState);
+    }
     if os.role == Role::Primary && ns.role == Role::Secondary && ctx.in_use {
         return Err(Reason::DeviceInUse);
     }
@@ -265,7 +274,7 @@ pub fn force_state(ns: State) -> State {
 mod tests {
     use super::*;
 
-    const NONE: Context = Context { in_use: false, force: false, allow_two_primaries: false };
+    const NONE: Context = Context { in_use: false, force: false, allow_two_primaries: false, transient: false };
 
     fn st(role: Role, disk: Disk) -> State {
         State { role, disk, repl: Repl::Off, peer: None }
@@ -291,6 +300,8 @@ mod tests {
         let two = State { peer: Some(Peer { role: Role::Primary, disk: Disk::UpToDate }), ..c };
         assert_eq!(promote(&two, &NONE), Err(Reason::TwoPrimaries));
         assert!(promote(&two, &Context { allow_two_primaries: true, ..NONE }).is_ok());
+        let up = st(Role::Secondary, Disk::UpToDate);
+        assert_eq!(promote(&up, &Context { transient: true, ..NONE }), Err(Reason::InTransientState));
     }
 
     #[test]

@@ -71,8 +71,11 @@ pub enum Push {
 pub enum Error {
     /// `mark_sent` with no unsent entry.
     NothingToSend,
-    /// `ack` naming an entry that is not in flight (stale or bogus peer ack).
+    /// `ack` naming an entry that was never sent (bogus peer ack).
     NotInFlight,
+    /// `ack` for an entry no longer queued (drained by an overflow, or acked before):
+    /// harmless, ignore it.
+    Released,
     /// `reset` or `set_max_bytes` while entries are queued.
     Busy,
 }
@@ -83,6 +86,7 @@ impl Error {
         match self {
             Error::NothingToSend => "no queued write left to send",
             Error::NotInFlight => "ack for a write that is not in flight",
+            Error::Released => "ack for a write no longer queued",
             Error::Busy => "outage queue is not empty",
         }
     }
@@ -197,11 +201,11 @@ impl<S: DerefMut<Target = [Entry]>> Queue<S> {
     /// once they and all older ones are acked; each one released is passed to `release`
     /// (free its buffer). Returns how many were released.
     pub fn ack(&mut self, seq: u64, mut release: impl FnMut(Entry)) -> Result<usize, Error> {
-        if self.len == 0 {
-            return Err(Error::NotInFlight);
+        let head_seq = if self.len == 0 { self.next_seq } else { self.slots[self.head].seq };
+        if seq < head_seq {
+            return Err(Error::Released);
         }
-        let head_seq = self.slots[self.head].seq;
-        let off = seq.wrapping_sub(head_seq);
+        let off = seq - head_seq;
         if off >= self.sent as u64 {
             return Err(Error::NotInFlight);
         }
@@ -309,6 +313,7 @@ mod tests {
         assert_eq!(q.ack(2, |_| {}), Ok(3));
         assert!(q.is_empty());
         assert_eq!(q.ack(5, |_| {}), Err(Error::NotInFlight));
+        assert_eq!(q.ack(1, |_| {}), Err(Error::Released));
     }
 
     #[test]
@@ -326,6 +331,7 @@ mod tests {
         }
         assert_eq!(n, 2);
         assert_eq!((q.len(), q.bytes(), q.in_flight()), (0, 0, 0));
+        assert_eq!(q.ack(0, |_| {}), Err(Error::Released), "late ack for a drained entry");
         assert_eq!(q.push(Entry::new(0, 1, 0)), Push::Bypass);
         assert!(q.is_overflowed());
         q.reset().unwrap();
