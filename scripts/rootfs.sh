@@ -13,11 +13,15 @@ SELF="$RMIRROR_TOP/scripts/rootfs.sh"
 OUT="$RMIRROR_CACHE/rootfs"
 
 # Debian packages the image takes files from (their versions go into the cache key and the manifest).
-PKGS=(busybox-static dash fio iproute2 iptables e2fsprogs dmsetup util-linux libc6 netbase)
+PKGS=(busybox-static dash coreutils findutils fio iproute2 iptables e2fsprogs dmsetup util-linux libc6 netbase)
 # Commands copied from the host (by `command -v` name), with their shared libraries.
 CMDS=(dash fio ip tc iptables iptables-nft iptables-legacy iptables-save iptables-restore
       xtables-nft-multi xtables-legacy-multi
-      mke2fs mkfs.ext4 e2fsck fsck.ext4 debugfs tune2fs dumpe2fs dmsetup setpriv blockdev)
+      mke2fs mkfs.ext4 e2fsck fsck.ext4 debugfs tune2fs dumpe2fs dmsetup setpriv blockdev
+      timeout env nohup nice chroot xargs setsid taskset flock ionice nsenter unshare)
+# (Debian's busybox-static prefers its own applets whenever one of its applets execs a program: busybox
+# `timeout 5 ip ...` would run busybox's ip. So the exec-ing applets above come from coreutils, findutils
+# and util-linux, and /bin/sh is dash, not busybox's ash.)
 # Whole directories of dlopen()ed plugins (each .so's libraries are copied as well).
 PLUGDIRS=(/usr/lib/x86_64-linux-gnu/xtables /usr/lib/x86_64-linux-gnu/tc)
 # Plain files copied as they are.
@@ -228,11 +232,11 @@ while IFS= read -r line <&3; do
         printf 'RMR %s 254 O: E:%s\n' "$id" "$(echo 'rmirror-agent: bad base64' | base64 -w0)" >&3
         continue
     fi
-    setsid sh -c 'cd /tmp && exec sh /run/agent/cmd.sh' </dev/null >$W/out 2>$W/err &
+    setsid /bin/sh -c 'cd /tmp && exec /bin/sh /run/agent/cmd.sh' </dev/null >$W/out 2>$W/err &
     pid=$!
     ( sleep "$t" & s=$!; trap 'kill $s 2>/dev/null; exit 0' TERM; wait $s
       echo "rmirror-agent: command $id timed out after ${t}s, killing session $pid" > /dev/kmsg
-      kill -9 -- -"$pid" 2>/dev/null ) &
+      kill -9 -"$pid" 2>/dev/null ) &
     wd=$!
     wait $pid
     rc=$?

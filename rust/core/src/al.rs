@@ -44,7 +44,7 @@
 
 use core::ops::{Deref, DerefMut};
 
-use crate::crc::crc32c;
+use super::crc::crc32c;
 
 /// Size of one ring slot (one transaction) in bytes.
 pub const SLOT_SIZE: usize = 4096;
@@ -103,7 +103,8 @@ const SECTOR_SHIFT: u32 = 9;
 const _: () = assert!(OFF_CONTEXT == 0x240);
 const _: () = assert!(CONTEXT_PER_TRANSACTION == 880);
 const _: () = assert!(OFF_CONTEXT + CONTEXT_PER_TRANSACTION * 4 == SLOT_SIZE);
-const _: () = assert!(MAX_EXTENTS as usize <= CONTEXT_PER_TRANSACTION * (DEFAULT_RING_SLOTS as usize - 1));
+const _: () =
+    assert!(MAX_EXTENTS as usize <= CONTEXT_PER_TRANSACTION * (DEFAULT_RING_SLOTS as usize - 1));
 
 /// Errors of the activity log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,7 +202,10 @@ impl Config {
 
 /// Smallest ring (in slots) that works for `nr_extents` active extents.
 pub fn min_ring_slots(nr_extents: u32) -> u32 {
-    nr_extents.div_ceil(CONTEXT_PER_TRANSACTION as u32).saturating_add(1).max(MIN_RING_SLOTS)
+    nr_extents
+        .div_ceil(CONTEXT_PER_TRANSACTION as u32)
+        .saturating_add(1)
+        .max(MIN_RING_SLOTS)
 }
 
 /// One entry of the slot table (caller storage; contents are private to this module).
@@ -357,7 +361,12 @@ where
         Self::with_context_len(cfg, slots, next_seq, CONTEXT_PER_TRANSACTION as u32)
     }
 
-    fn with_context_len(cfg: Config, mut slots: S, next_seq: u64, context_len: u32) -> Result<Self, Error> {
+    fn with_context_len(
+        cfg: Config,
+        mut slots: S,
+        next_seq: u64,
+        context_len: u32,
+    ) -> Result<Self, Error> {
         cfg.validate_with(context_len)?;
         let n = cfg.nr_extents;
         let table = slots.get_mut(..n as usize).ok_or(Error::StorageTooSmall)?;
@@ -505,7 +514,11 @@ where
                 wait = true;
             }
         }
-        Ok(if wait { Activation::Wait } else { Activation::Active })
+        Ok(if wait {
+            Activation::Wait
+        } else {
+            Activation::Active
+        })
     }
 
     fn get_ref(&mut self, i: u32) {
@@ -781,7 +794,10 @@ fn parse(buf: &[u8; SLOT_SIZE], device_uuid: u64) -> Slotted {
     if get_u32(buf, OFF_MAGIC) != MAGIC || get_u64(buf, OFF_UUID) != device_uuid {
         return Slotted::Foreign;
     }
-    let crc = crc32c(crc32c(crc32c(0, &buf[..OFF_CRC]), &[0; 4]), &buf[OFF_CRC + 4..]);
+    let crc = crc32c(
+        crc32c(crc32c(0, &buf[..OFF_CRC]), &[0; 4]),
+        &buf[OFF_CRC + 4..],
+    );
     if crc != get_u32(buf, OFF_CRC) {
         return Slotted::Torn;
     }
@@ -890,7 +906,11 @@ pub fn recover<'a, 'b>(
     }
     Recovered {
         slots: state,
-        next_seq: if valid == 0 { 0 } else { max_seq.wrapping_add(1) },
+        next_seq: if valid == 0 {
+            0
+        } else {
+            max_seq.wrapping_add(1)
+        },
         newest_seq: (valid > 0).then_some(max_seq),
         valid,
         torn,
@@ -1019,10 +1039,23 @@ mod tests {
         assert_eq!(l.begin_write(8, 8), Ok(Activation::Wait));
         let mut buf = [0u8; SLOT_SIZE];
         let tr = l.encode_transaction(&mut buf).unwrap();
-        assert_eq!(tr, Transaction { seq: 0, ring_slot: 0, n_updates: 1 });
-        assert_eq!(l.encode_transaction(&mut buf), Err(Error::TransactionInFlight));
+        assert_eq!(
+            tr,
+            Transaction {
+                seq: 0,
+                ring_slot: 0,
+                n_updates: 1
+            }
+        );
+        assert_eq!(
+            l.encode_transaction(&mut buf),
+            Err(Error::TransactionInFlight)
+        );
         assert!(!l.needs_transaction());
-        assert_eq!(l.abort(Transaction { seq: 9, ..tr }), Err(Error::StaleTransaction));
+        assert_eq!(
+            l.abort(Transaction { seq: 9, ..tr }),
+            Err(Error::StaleTransaction)
+        );
         l.commit(tr).unwrap();
         assert_eq!(l.commit(tr), Err(Error::StaleTransaction));
         assert!(l.is_committed(0, 16));
@@ -1054,7 +1087,10 @@ mod tests {
         assert_eq!(l.max_span(), 7);
         assert_eq!(l.max_write_sectors(), 6 * ES + 1);
         assert_eq!(l.begin_write(u64::MAX, 2), Err(Error::OutOfRange));
-        assert_eq!(l.begin_write((u64::from(u32::MAX)) * ES, 1), Err(Error::OutOfRange));
+        assert_eq!(
+            l.begin_write((u64::from(u32::MAX)) * ES, 1),
+            Err(Error::OutOfRange)
+        );
         assert!(!l.is_idle());
         assert_eq!(l.extent_to_sectors(2), (2 * ES, ES));
     }
@@ -1134,8 +1170,14 @@ mod tests {
         assert!(!rec.complete);
         let rec = recover(UUID, DEFAULT_EXTENT_SHIFT, ring.iter(), &mut state);
         assert_eq!(rec.extents().collect::<Vec<_>>(), vec![5]);
-        assert_eq!(rec.sector_ranges(6 * ES).collect::<Vec<_>>(), vec![(5 * ES, ES)]);
-        assert_eq!(rec.sector_ranges(5 * ES + 3).collect::<Vec<_>>(), vec![(5 * ES, 3)]);
+        assert_eq!(
+            rec.sector_ranges(6 * ES).collect::<Vec<_>>(),
+            vec![(5 * ES, ES)]
+        );
+        assert_eq!(
+            rec.sector_ranges(5 * ES + 3).collect::<Vec<_>>(),
+            vec![(5 * ES, 3)]
+        );
         assert_eq!(rec.sector_ranges(5 * ES).count(), 0);
     }
 

@@ -25,7 +25,7 @@
 
 use core::ops::{Deref, DerefMut};
 
-use crate::wire::{self, RleApply, RleChunk};
+use super::wire::{self, RleApply, RleChunk};
 
 /// Bytes in one on-disk bitmap page.
 pub const PAGE_SIZE: usize = 4096;
@@ -320,7 +320,11 @@ where
             let w = (bit / 64) as usize;
             let lo = (bit % 64) as u32;
             let n = (end - bit).min(64 - u64::from(lo)) as u32;
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << lo };
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << lo
+            };
             if let Some(word) = words.get_mut(w) {
                 let old = *word;
                 let new = if set { old | mask } else { old & !mask };
@@ -398,7 +402,10 @@ where
 
     /// Iterator over the runs of out-of-sync regions, in order, starting at region `from`.
     pub fn runs(&self, from: u64) -> Runs<'_, S> {
-        Runs { bm: self, pos: from }
+        Runs {
+            bm: self,
+            pos: from,
+        }
     }
 
     // ---- page persistence ----
@@ -492,7 +499,10 @@ where
         }
         let nr_bits = self.nr_bits;
         let first = idx * WORDS_PER_PAGE;
-        let words = self.store.get_mut(..self.nr_words).ok_or(Error::StorageTooSmall)?;
+        let words = self
+            .store
+            .get_mut(..self.nr_words)
+            .ok_or(Error::StorageTooSmall)?;
         let mut old_weight = 0u64;
         let mut new_weight = 0u64;
         for (i, chunk) in buf.chunks_exact(8).enumerate() {
@@ -521,11 +531,18 @@ where
     /// alternating in sync / out of sync, starting in sync; see `wire.rs`), but scanning whole
     /// words. Only whole runs are written; the next chunk starts at `from_bit + bits`. With
     /// `out.len() >= wire::RLE_MIN_OUT` at least one bit is covered.
-    pub fn rle_encode(&self, from_bit: u64, max_bits: u32, out: &mut [u8]) -> Result<RleChunk, Error> {
+    pub fn rle_encode(
+        &self,
+        from_bit: u64,
+        max_bits: u32,
+        out: &mut [u8],
+    ) -> Result<RleChunk, Error> {
         if from_bit > self.nr_bits {
             return Err(Error::OutOfRange);
         }
-        let end = from_bit.saturating_add(u64::from(max_bits)).min(self.nr_bits);
+        let end = from_bit
+            .saturating_add(u64::from(max_bits))
+            .min(self.nr_bits);
         let mut pos = from_bit;
         let mut written = 0usize;
         let mut value = false;
@@ -575,7 +592,9 @@ where
         let mut rest = rle;
         while !rest.is_empty() {
             // Cannot fail after rle_check; stop quietly if it ever does.
-            let Ok((len, used)) = get_varint(rest) else { break };
+            let Ok((len, used)) = get_varint(rest) else {
+                break;
+            };
             rest = rest.get(used..).unwrap_or(&[]);
             let end = pos.saturating_add(len).min(from_bit + u64::from(bits));
             if value || mode == RleApply::Copy {
@@ -700,7 +719,11 @@ mod tests {
         assert_eq!(b.set_bits(13, 1), Err(Error::OutOfRange));
         assert_eq!(b.mark_page_dirty(1), Err(Error::PageOutOfRange));
         assert!(!b.test(1000));
-        for e in [Error::OutOfRange, Error::RleInvalid, Error::InvalidRegionSize] {
+        for e in [
+            Error::OutOfRange,
+            Error::RleInvalid,
+            Error::InvalidRegionSize,
+        ] {
             assert!(!e.as_str().is_empty());
         }
     }
@@ -730,24 +753,54 @@ mod tests {
     fn rle_errors_and_wire_compat() {
         let mut b = bm(8 * 1000, 12);
         assert_eq!(b.rle_decode_merge(0, 1000, &[0x80]), Err(Error::RleInvalid));
-        assert_eq!(b.rle_decode_merge(0, 1000, &[0xff; 11]), Err(Error::RleInvalid));
-        assert_eq!(b.rle_decode_merge(0, 1000, &[10, 0xde]), Err(Error::RleInvalid));
-        assert_eq!(b.rle_decode_merge(0, 1001, &[10, 0xdf, 0x07]), Err(Error::OutOfRange));
-        assert_eq!(b.rle_decode_merge(1, 1000, &[10, 0xde, 0x07]), Err(Error::OutOfRange));
-        assert_eq!(b.rle_decode_merge(0, 999, &[10, 0xde, 0x07]), Err(Error::RleInvalid));
+        assert_eq!(
+            b.rle_decode_merge(0, 1000, &[0xff; 11]),
+            Err(Error::RleInvalid)
+        );
+        assert_eq!(
+            b.rle_decode_merge(0, 1000, &[10, 0xde]),
+            Err(Error::RleInvalid)
+        );
+        assert_eq!(
+            b.rle_decode_merge(0, 1001, &[10, 0xdf, 0x07]),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(
+            b.rle_decode_merge(1, 1000, &[10, 0xde, 0x07]),
+            Err(Error::OutOfRange)
+        );
+        assert_eq!(
+            b.rle_decode_merge(0, 999, &[10, 0xde, 0x07]),
+            Err(Error::RleInvalid)
+        );
         assert_eq!(b.weight(), 0);
         assert_eq!(b.rle_decode_merge(0, 1000, &[10, 0xde, 0x07]), Ok(990));
         assert_eq!(b.weight(), 990);
         // Copy mode clears the in-sync runs.
         assert_eq!(b.rle_decode(0, 20, &[5, 10, 5], RleApply::Copy), Ok(10));
         assert_eq!(b.next_dirty(0), Some(Range { start: 5, len: 10 }));
-        assert_eq!(b.next_dirty(15), Some(Range { start: 20, len: 980 }));
+        assert_eq!(
+            b.next_dirty(15),
+            Some(Range {
+                start: 20,
+                len: 980
+            })
+        );
         // Encoder: buffer too small, empty range, chunk cap.
-        assert_eq!(b.rle_encode(0, 1000, &mut [0u8; 0]), Err(Error::RleBufferTooSmall));
-        assert_eq!(b.rle_encode(1000, 5, &mut [0u8; 4]), Ok(RleChunk { len: 0, bits: 0 }));
+        assert_eq!(
+            b.rle_encode(0, 1000, &mut [0u8; 0]),
+            Err(Error::RleBufferTooSmall)
+        );
+        assert_eq!(
+            b.rle_encode(1000, 5, &mut [0u8; 4]),
+            Ok(RleChunk { len: 0, bits: 0 })
+        );
         assert_eq!(b.rle_encode(1001, 5, &mut [0u8; 4]), Err(Error::OutOfRange));
         let mut out = [0u8; 8];
-        assert_eq!(b.rle_encode(7, 3, &mut out), Ok(RleChunk { len: 2, bits: 3 }));
+        assert_eq!(
+            b.rle_encode(7, 3, &mut out),
+            Ok(RleChunk { len: 2, bits: 3 })
+        );
         assert_eq!(&out[..2], &[0, 3]);
         let mut tmp = [0u8; RLE_MAX_VARINT];
         assert_eq!(put_varint(u64::MAX, &mut tmp), 10);
@@ -827,7 +880,11 @@ mod tests {
             }
             Op::SetBits(f, n) | Op::ClearBits(f, n) => {
                 let set = matches!(o, Op::SetBits(..));
-                let r = if set { b.set_bits(f, n) } else { b.clear_bits(f, n) };
+                let r = if set {
+                    b.set_bits(f, n)
+                } else {
+                    b.clear_bits(f, n)
+                };
                 if f + n > nbits {
                     assert_eq!(r, Err(Error::OutOfRange));
                 } else {
@@ -987,6 +1044,12 @@ mod tests {
         c.set_bits(69_999, 1).unwrap();
         assert_eq!(c.test_range(8 * 69_999, 8), Ok(true));
         assert_eq!(c.test_range(8 * 69_998, 8), Ok(false));
-        assert_eq!(c.run_to_sectors(Range { start: 69_999, len: 1 }), (8 * 69_999, 8 * 70_000));
+        assert_eq!(
+            c.run_to_sectors(Range {
+                start: 69_999,
+                len: 1
+            }),
+            (8 * 69_999, 8 * 70_000)
+        );
     }
 }

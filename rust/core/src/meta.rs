@@ -14,9 +14,9 @@
 //! superblock carries magic, version, feature flags and a CRC32C of the whole block. This
 //! module decides offsets and parses bytes; the driver does the I/O.
 
-use crate::al;
-use crate::bitmap;
-use crate::crc::crc32c;
+use super::al;
+use super::bitmap;
+use super::crc::crc32c;
 
 /// Size of the superblock in bytes.
 pub const SUPERBLOCK_SIZE: usize = 4096;
@@ -130,7 +130,9 @@ impl Error {
             Error::BadChecksum => "metadata checksum mismatch",
             Error::UnsupportedFeatures => "metadata uses unsupported features",
             Error::Invalid => "invalid metadata field",
-            Error::InvalidRegionSize => "bitmap region size must be a power of two from 4 KiB to 1 MiB",
+            Error::InvalidRegionSize => {
+                "bitmap region size must be a power of two from 4 KiB to 1 MiB"
+            }
             Error::InvalidAl => "invalid activity log parameters",
             Error::DeviceTooSmall => "device too small for metadata",
             Error::MetaDeviceTooSmall => "metadata device too small",
@@ -207,10 +209,14 @@ impl Layout {
         check_common(region_shift, al_slots)?;
         let sb_offset = internal_sb_offset(backing_sectors).ok_or(Error::DeviceTooSmall)?;
         let al_sectors = u64::from(al_slots) * BLOCK_SECTORS;
-        let al_offset = sb_offset.checked_sub(al_sectors).ok_or(Error::DeviceTooSmall)?;
+        let al_offset = sb_offset
+            .checked_sub(al_sectors)
+            .ok_or(Error::DeviceTooSmall)?;
         // A bitmap for everything before the AL is big enough for the (smaller) data area.
         let bm_sectors = bm_sectors_for(al_offset, region_shift)?;
-        let bm_offset = al_offset.checked_sub(bm_sectors).ok_or(Error::DeviceTooSmall)?;
+        let bm_offset = al_offset
+            .checked_sub(bm_sectors)
+            .ok_or(Error::DeviceTooSmall)?;
         let layout = Layout {
             kind: Kind::Internal,
             data_sectors: bm_offset,
@@ -240,7 +246,9 @@ impl Layout {
         let al_offset = BLOCK_SECTORS;
         let bm_offset = al_offset + u64::from(al_slots) * BLOCK_SECTORS;
         let bm_sectors = bm_sectors_for(data_sectors, region_shift)?;
-        let end = bm_offset.checked_add(bm_sectors).ok_or(Error::DeviceTooLarge)?;
+        let end = bm_offset
+            .checked_add(bm_sectors)
+            .ok_or(Error::DeviceTooLarge)?;
         if end > meta_dev_sectors {
             return Err(Error::MetaDeviceTooSmall);
         }
@@ -292,7 +300,9 @@ impl Layout {
             return Err(Error::DeviceTooSmall);
         }
         let aligned = |x: u64| x.is_multiple_of(BLOCK_SECTORS);
-        if !aligned(self.sb_offset) || !aligned(self.al_offset) || !aligned(self.bm_offset)
+        if !aligned(self.sb_offset)
+            || !aligned(self.al_offset)
+            || !aligned(self.bm_offset)
             || !aligned(self.bm_sectors)
         {
             return Err(Error::Invalid);
@@ -444,7 +454,10 @@ impl Superblock {
         if get_u32(buf, OFF_VERSION) != VERSION {
             return Err(Error::UnsupportedVersion);
         }
-        let crc = crc32c(crc32c(crc32c(0, &buf[..OFF_CRC]), &[0; 4]), &buf[OFF_CRC + 4..]);
+        let crc = crc32c(
+            crc32c(crc32c(0, &buf[..OFF_CRC]), &[0; 4]),
+            &buf[OFF_CRC + 4..],
+        );
         if crc != get_u32(buf, OFF_CRC) {
             return Err(Error::BadChecksum);
         }
@@ -495,7 +508,11 @@ impl Superblock {
         put_u32(buf, OFF_MAGIC, MAGIC);
         put_u32(buf, OFF_VERSION, VERSION);
         put_u32(buf, OFF_SIZE, SUPERBLOCK_SIZE as u32);
-        put_u64(buf, OFF_FEAT_COMPAT, self.features_compat & FEATURES_COMPAT_KNOWN);
+        put_u64(
+            buf,
+            OFF_FEAT_COMPAT,
+            self.features_compat & FEATURES_COMPAT_KNOWN,
+        );
         put_u64(buf, OFF_FEAT_INCOMPAT, self.features_incompat);
         put_u64(buf, OFF_FLAGS, self.flags);
         put_u64(buf, OFF_DEVICE_UUID, self.device_uuid);
@@ -583,12 +600,18 @@ mod tests {
         assert_eq!(l.check_devices(10 * GIB + 5, 10 * GIB + 5), Ok(()));
         assert_eq!(l.check_devices(11 * GIB, 11 * GIB), Err(Error::SizeChanged));
         assert_eq!(l.check_devices(10 * GIB, 10 * GIB), Ok(())); // same last aligned block
-        assert_eq!(l.check_devices(10 * GIB - 1, 10 * GIB - 1), Err(Error::MetaDeviceTooSmall));
+        assert_eq!(
+            l.check_devices(10 * GIB - 1, 10 * GIB - 1),
+            Err(Error::MetaDeviceTooSmall)
+        );
         assert_eq!(Layout::internal(100, 12, 8), Err(Error::DeviceTooSmall));
         assert_eq!(Layout::internal(7, 12, 8), Err(Error::DeviceTooSmall));
         assert_eq!(Layout::internal(GIB, 11, 8), Err(Error::InvalidRegionSize));
         assert_eq!(Layout::internal(GIB, 12, 1), Err(Error::InvalidAl));
-        assert_eq!(Layout::internal(u64::MAX, 20, 8).map(|l| l.validate()), Ok(Ok(())));
+        assert_eq!(
+            Layout::internal(u64::MAX, 20, 8).map(|l| l.validate()),
+            Ok(Ok(()))
+        );
     }
 
     #[test]
@@ -599,9 +622,18 @@ mod tests {
         assert_eq!(l.data_sectors, 100 * GIB);
         assert_eq!(l.check_devices(100 * GIB, GIB), Ok(()));
         assert_eq!(l.check_devices(100 * GIB - 1, GIB), Err(Error::SizeChanged));
-        assert_eq!(l.check_devices(100 * GIB, 72), Err(Error::MetaDeviceTooSmall));
-        assert_eq!(Layout::external(1000, 100 * GIB, 12, 8), Err(Error::MetaDeviceTooSmall));
-        assert_eq!(Layout::external(GIB, 100, 12, 8), Err(Error::DeviceTooSmall));
+        assert_eq!(
+            l.check_devices(100 * GIB, 72),
+            Err(Error::MetaDeviceTooSmall)
+        );
+        assert_eq!(
+            Layout::external(1000, 100 * GIB, 12, 8),
+            Err(Error::MetaDeviceTooSmall)
+        );
+        assert_eq!(
+            Layout::external(GIB, 100, 12, 8),
+            Err(Error::DeviceTooSmall)
+        );
         assert_eq!(Layout::external(u64::MAX, u64::MAX, 12, 8).err(), None);
     }
 
@@ -641,22 +673,49 @@ mod tests {
         b[200] = 7;
         reseal(&mut b);
         assert_eq!(Superblock::decode(&b), Ok(sb));
-        assert_eq!(mutate(OFF_VERSION, 2, false), Err(Error::UnsupportedVersion));
-        assert_eq!(mutate(OFF_FEAT_INCOMPAT, 1, true), Err(Error::UnsupportedFeatures));
+        assert_eq!(
+            mutate(OFF_VERSION, 2, false),
+            Err(Error::UnsupportedVersion)
+        );
+        assert_eq!(
+            mutate(OFF_FEAT_INCOMPAT, 1, true),
+            Err(Error::UnsupportedFeatures)
+        );
         assert_eq!(mutate(OFF_FEAT_COMPAT, 1 << 40, true), Ok(sb));
         assert_eq!(mutate(OFF_FLAGS, 1 << 9, true), Err(Error::Invalid));
         assert_eq!(mutate(OFF_SIZE, 512, false), Err(Error::Invalid));
         assert_eq!(mutate(OFF_MD_KIND, 2, false), Err(Error::Invalid));
         assert_eq!(mutate(OFF_NODE_ID, 32, false), Err(Error::Invalid));
-        assert_eq!(mutate(OFF_REGION_SHIFT, 21, false), Err(Error::InvalidRegionSize));
-        assert_eq!(mutate(OFF_AL_EXTENT_SHIFT, 11, false), Err(Error::InvalidAl));
-        assert_eq!(mutate(OFF_AL_NR_EXTENTS, 6002, false), Err(Error::InvalidAl));
+        assert_eq!(
+            mutate(OFF_REGION_SHIFT, 21, false),
+            Err(Error::InvalidRegionSize)
+        );
+        assert_eq!(
+            mutate(OFF_AL_EXTENT_SHIFT, 11, false),
+            Err(Error::InvalidAl)
+        );
+        assert_eq!(
+            mutate(OFF_AL_NR_EXTENTS, 6002, false),
+            Err(Error::InvalidAl)
+        );
         assert_eq!(mutate(OFF_AL_RING_SLOTS, 0, false), Err(Error::InvalidAl));
         assert_eq!(mutate(OFF_BM_SECTORS, 8, true), Err(Error::Invalid));
-        assert_eq!(mutate(OFF_AL_OFFSET, sb.layout.sb_offset, true), Err(Error::Overlap));
-        assert_eq!(mutate(OFF_DATA_SECTORS, sb.layout.bm_offset + 8, true), Err(Error::Overlap));
-        assert_eq!(mutate(OFF_DATA_SECTORS, sb.layout.bm_offset * 2, true), Err(Error::Invalid));
-        assert_eq!(mutate(OFF_BM_OFFSET, u64::MAX - 7, true), Err(Error::Invalid));
+        assert_eq!(
+            mutate(OFF_AL_OFFSET, sb.layout.sb_offset, true),
+            Err(Error::Overlap)
+        );
+        assert_eq!(
+            mutate(OFF_DATA_SECTORS, sb.layout.bm_offset + 8, true),
+            Err(Error::Overlap)
+        );
+        assert_eq!(
+            mutate(OFF_DATA_SECTORS, sb.layout.bm_offset * 2, true),
+            Err(Error::Invalid)
+        );
+        assert_eq!(
+            mutate(OFF_BM_OFFSET, u64::MAX - 7, true),
+            Err(Error::Invalid)
+        );
         // Never write invalid metadata.
         let mut bad = sb;
         bad.node_id = 99;

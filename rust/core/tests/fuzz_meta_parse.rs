@@ -25,7 +25,11 @@ fn superblocks() -> Vec<Vec<u8>> {
     for (i, l) in layouts.into_iter().enumerate() {
         let mut sb = Superblock::new(l, 0xabcd_0000 + i as u64, i as u32).unwrap();
         sb.flags |= meta::MDF_CONSISTENT | meta::MDF_CRASHED_PRIMARY;
-        sb.uuids = Uuids { current: 7, bitmap: 9, history: [11, 13] };
+        sb.uuids = Uuids {
+            current: 7,
+            bitmap: 9,
+            history: [11, 13],
+        };
         let mut buf = [0u8; 4096];
         sb.encode(&mut buf).unwrap();
         v.push(buf.to_vec());
@@ -69,7 +73,11 @@ fn rle_chunks() -> Vec<Vec<u8>> {
 /// Inputs as the fuzz target sees them: selector byte, then the bytes.
 fn inputs() -> Vec<Vec<u8>> {
     let mut v = Vec::new();
-    for seed in superblocks().into_iter().chain(al_slots()).chain(rle_chunks()) {
+    for seed in superblocks()
+        .into_iter()
+        .chain(al_slots())
+        .chain(rle_chunks())
+    {
         for sel in [0u8, 1, 2, 3, 17, 200, 255] {
             let mut x = vec![sel];
             x.extend_from_slice(&seed);

@@ -137,15 +137,21 @@ fn replay_one() {
 /// Each deliberate bug must be caught within a few hundred seeds: the checks can fail.
 #[test]
 fn deliberate_bugs_are_caught() {
+    // (bug, a substring of the check that must catch it)
     let cases = [
-        ("ack before durable", Bugs { ack_before_durable: true, ..Bugs::default() }),
-        ("no activity-log recovery", Bugs { skip_al_recovery: true, ..Bugs::default() }),
-        ("no uuid rotation", Bugs { no_uuid_rotation: true, ..Bugs::default() }),
+        ("ack before durable", Bugs { ack_before_durable: true, ..Bugs::default() }, "acked under C"),
+        ("no activity-log recovery", Bugs { skip_al_recovery: true, ..Bugs::default() }, "differ"),
+        ("no uuid rotation", Bugs { no_uuid_rotation: true, ..Bugs::default() }, ""),
+        ("no rotation on promote", Bugs { no_rotation_on_promote: true, ..Bugs::default() }, "split brain missed"),
+        ("resync ignores the bitmap", Bugs { resync_everything: true, ..Bugs::default() }, "were marked"),
     ];
-    for (name, bugs) in cases {
+    for (name, bugs, check) in cases {
         match run_range(0, 500, bugs) {
             Ok(_) => panic!("bug '{name}' was not caught in 500 seeds"),
-            Err((seed, e)) => println!("bug '{name}' caught at seed {seed}: {e}"),
+            Err((seed, e)) => {
+                println!("bug '{name}' caught at seed {seed}: {e}");
+                assert!(e.contains(check), "bug '{name}' caught by an unexpected check: {e}");
+            }
         }
     }
 }

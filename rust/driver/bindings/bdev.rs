@@ -12,18 +12,18 @@ const BLK_OPEN_READ: u32 = 1 << 0;
 const BLK_OPEN_WRITE: u32 = 1 << 1;
 const BLK_OPEN_EXCL: u32 = 1 << 2;
 
-/// The exclusive-open holder cookie: all rmirror devices share one holder identity.
-static HOLDER: u8 = 0;
-
 /// A block device opened read-write and exclusively for rmirror.
 ///
 /// # Invariants
 ///
 /// `file` is a block device file returned by `bdev_file_open_by_path` and not yet released;
-/// `bdev` is `file_bdev(file)`, valid as long as `file` is open.
+/// `bdev` is `file_bdev(file)`, valid as long as `file` is open; `holder` is the exclusive-open
+/// holder identity, unique to this open (so two devices cannot claim one disk), freed after
+/// `file`.
 pub(crate) struct BackingDev {
     file: NonNull<bindings::file>,
     bdev: NonNull<bindings::block_device>,
+    holder: KBox<u8>,
 }
 
 // SAFETY: the opened file and block device may be used and released from any thread.
@@ -34,13 +34,14 @@ unsafe impl Sync for BackingDev {}
 impl BackingDev {
     /// Opens `path` for read-write, exclusively (so nobody mounts or mirrors it twice).
     pub(crate) fn open(path: &CStr) -> Result<Self> {
-        // SAFETY: `path` is a valid NUL-terminated string; `HOLDER` is a static, so it outlives
-        // the open; no holder ops are needed.
+        let holder = KBox::new(0u8, GFP_KERNEL)?;
+        // SAFETY: `path` is a valid NUL-terminated string; `holder` lives until after the file
+        // is released (field order and `drop`); no holder ops are needed.
         let file = from_err_ptr(unsafe {
             bindings::bdev_file_open_by_path(
                 path.as_char_ptr(),
                 BLK_OPEN_READ | BLK_OPEN_WRITE | BLK_OPEN_EXCL,
-                (&raw const HOLDER).cast_mut().cast(),
+                (&raw const *holder).cast_mut().cast(),
                 core::ptr::null(),
             )
         })?;
@@ -48,7 +49,7 @@ impl BackingDev {
         // SAFETY: `file` is a block device file we just opened.
         let bdev = NonNull::new(unsafe { bindings::file_bdev(file.as_ptr()) }).ok_or(EINVAL)?;
         // INVARIANT: both pointers come from a successful open.
-        Ok(Self { file, bdev })
+        Ok(Self { file, bdev, holder })
     }
 
     /// Raw block device pointer, for the other wrappers of this layer.
@@ -83,5 +84,7 @@ impl Drop for BackingDev {
     fn drop(&mut self) {
         // SAFETY: `file` is open by the type invariant and released exactly once here.
         unsafe { bindings::bdev_fput(self.file.as_ptr()) };
+        // `holder` is freed after this, once the claim is gone.
+        let _ = &self.holder;
     }
 }

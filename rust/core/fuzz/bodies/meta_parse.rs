@@ -66,7 +66,9 @@ pub fn check_superblock(input: &[u8], fix_crc: bool) {
     sb.encode(&mut again).expect("a decoded superblock encodes");
     assert_eq!(Superblock::decode(&again), Ok(sb));
     let (start, len) = sb.layout.md_area();
-    let _ = sb.layout.check_devices(start.saturating_add(len), start.saturating_add(len));
+    let _ = sb
+        .layout
+        .check_devices(start.saturating_add(len), start.saturating_add(len));
     let _ = sb.layout.al_slot_sector(u32::MAX);
     let _ = sb.layout.bm_page_sector(usize::MAX);
 }
@@ -116,7 +118,9 @@ pub fn check_bitmap(input: &[u8], sel: u8) {
         Ok(dirty) => {
             assert!(dirty <= u64::from(nbits));
             let mut enc = vec![0u8; input.len() + 20];
-            let chunk = bm.rle_encode(from, nbits, &mut enc).expect("room for the encoding");
+            let chunk = bm
+                .rle_encode(from, nbits, &mut enc)
+                .expect("room for the encoding");
             assert_eq!(chunk.bits, nbits);
             assert_eq!(&enc[..chunk.len], input);
         }

@@ -16,7 +16,7 @@ use rmirror_core::state::conn::{self, Conn, State as CState};
 use rmirror_core::state::device::{self, Disk, Peer, Repl, Role};
 use rmirror_core::state::outage::{self, Entry, Push, Queue};
 use rmirror_core::state::protocol::{Event, Net, Protocol, Request, Status};
-use rmirror_core::state::resync::{self, Decision, Fixup, TokenBucket, Uuids};
+use rmirror_core::state::resync::{self, Controller, ControllerConfig, Decision, Fixup, TokenBucket, Uuids};
 
 use crate::disk::SimDisk;
 use crate::rng::Rng;
@@ -46,6 +46,10 @@ pub struct Bugs {
     pub skip_al_recovery: bool,
     /// Never start a new current UUID (outage while primary, promotion while disconnected).
     pub no_uuid_rotation: bool,
+    /// Promotion while disconnected keeps the current UUID (split brain goes unnoticed).
+    pub no_rotation_on_promote: bool,
+    /// The sync source copies every region, not only the marked ones.
+    pub resync_everything: bool,
 }
 
 /// Counters of one run.
@@ -130,9 +134,38 @@ struct SReq {
     queued: bool,
 }
 
+/// Resync rate control: a fixed-rate bucket or the plan-ahead controller.
+enum Rate {
+    Bucket(TokenBucket),
+    Plan { ctl: Box<Controller<10>>, allow: u64 },
+}
+
+impl Rate {
+    fn take(&mut self, now: u64, bytes: u64) -> bool {
+        match self {
+            Rate::Bucket(tb) => tb.grant(now, bytes) == bytes,
+            Rate::Plan { ctl, allow } => {
+                *allow += ctl.on_tick(now);
+                if *allow >= bytes {
+                    *allow -= bytes;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    fn completed(&mut self, bytes: u64) {
+        if let Rate::Plan { ctl, .. } = self {
+            ctl.completed(bytes);
+        }
+    }
+}
+
 struct RsSrc {
     inflight: BTreeSet<u64>,
-    tb: TokenBucket,
+    tb: Rate,
     done_sent: bool,
     marked: u64,
     copied: u64,
@@ -794,6 +827,7 @@ impl World {
                 let node = &mut self.nodes[n];
                 if let Some(src) = node.src.as_mut() {
                     src.inflight.remove(&blk);
+                    src.tb.completed(4096);
                     node.bm.clear_bits(blk, 1).unwrap();
                 }
                 self.pump(n);
@@ -949,9 +983,23 @@ impl World {
                 }
                 let marked = node.bm.weight();
                 self.stats.marked += marked;
+                if self.bugs.resync_everything {
+                    node.bm.set_all();
+                }
                 node.src = Some(RsSrc {
                     inflight: BTreeSet::new(),
-                    tb: TokenBucket::new(4 << 20, 64 << 10, now).unwrap(),
+                    tb: if self.rng.chance(1, 2) {
+                        Rate::Bucket(TokenBucket::new(4 << 20, 64 << 10, now).unwrap())
+                    } else {
+                        let cfg = ControllerConfig {
+                            step_ms: 10,
+                            fill_target: 64 << 10,
+                            delay_target_ms: 0,
+                            max_rate: 64 << 20,
+                            initial_rate: 4 << 20,
+                        };
+                        Rate::Plan { ctl: Box::new(Controller::new(cfg, now).unwrap()), allow: 0 }
+                    },
                     done_sent: false,
                     marked,
                     copied: 0,
@@ -995,7 +1043,7 @@ impl World {
                 if src.inflight.contains(&b) || node.busy[b as usize] > 0 {
                     continue;
                 }
-                if src.tb.grant(now, 4096) < 4096 {
+                if !src.tb.take(now, 4096) {
                     break;
                 }
                 src.inflight.insert(b);
@@ -1036,7 +1084,7 @@ impl World {
                 if disconnected {
                     self.check_failover(n);
                 }
-                if disconnected && !self.bugs.no_uuid_rotation {
+                if disconnected && !self.bugs.no_uuid_rotation && !self.bugs.no_rotation_on_promote {
                     let u = self.fresh_uuid();
                     self.nodes[n].uuids.new_current(u);
                 }
