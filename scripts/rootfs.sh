@@ -34,7 +34,7 @@ for p in "${PKGS[@]}"; do
         die "package $p is not installed (run scripts/setup-host.sh)"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing (busybox-static)"
-/bin/busybox --help 2>&1 | head -1 | grep -q BusyBox || die "/bin/busybox is not busybox"
+case "$(/bin/busybox --help 2>&1 || true)" in BusyBox*) ;; *) die "/bin/busybox is not busybox" ;; esac
 ldd /bin/busybox >/dev/null 2>&1 && die "/bin/busybox is dynamically linked; need busybox-static"
 
 # ---- resolve the list of host files to copy ---------------------------------------------------------

@@ -14,9 +14,13 @@
 //! - (d) split brain is always detected when both sides wrote apart, and never reported
 //!   when the secondary was not promoted.
 //!
+//! `consistency_points` runs a separate, smaller simulation of `state::cp`.
+//!
 //! `RMIRROR_SIM_SEEDS` (default 10000) sets how many seeds `many_seeds` runs;
 //! `RMIRROR_SIM_SEED=N ... -- replay_one --nocapture` replays one seed with a trace.
 
+#[path = "sim/cp.rs"]
+mod cp;
 #[path = "sim/disk.rs"]
 mod disk;
 #[path = "sim/rng.rs"]
@@ -152,6 +156,18 @@ fn deliberate_bugs_are_caught() {
                 println!("bug '{name}' caught at seed {seed}: {e}");
                 assert!(e.contains(check), "bug '{name}' caught by an unexpected check: {e}");
             }
+        }
+    }
+}
+
+/// Consistency points: maps match the writes, acks are in order, the secondary always holds
+/// a point-in-time image when the primary dies.
+#[test]
+fn consistency_points() {
+    let n = env_u64("RMIRROR_SIM_SEEDS").unwrap_or(10_000).min(5000);
+    for seed in 0..n {
+        if let Err(e) = cp::run(seed) {
+            panic!("cp seed {seed} failed: {e}");
         }
     }
 }

@@ -408,7 +408,7 @@ impl<const N: usize> Controller<N> {
             // sect_in per step, times how many steps the delay target spans.
             sect_in.saturating_mul(i64::from(self.cfg.delay_target_ms)) / i64::from(self.cfg.step_ms)
         };
-        let correction = want - in_flight - self.total;
+        let correction = want.saturating_sub(in_flight).saturating_sub(self.total);
         let cps = correction / steps;
         for p in self.plan.iter_mut() {
             *p = p.saturating_add(cps);
