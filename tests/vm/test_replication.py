@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Data path: writes through alpha's /dev/rmirror0 (primary, protocol C) land on both backing disks."""
+
+import uuid
+
+import pytest
+
+from helpers import CTL, S, connect_pair, remove, reset, status
+
+# Mixed sizes: 4 KiB writes take the inline (small-write) path (inline_max defaults to 4096), 128 KiB ones
+# the long path; randommap (fio's default) means no block is written twice, so verify is exact.
+FIO = ("fio --name=mirror --filename=/dev/rmirror0 --ioengine=libaio --direct=1 --rw=randwrite "
+       "--bssplit=4k/40:8k/10:32k/15:64k/10:128k/25 --size=24M --iodepth=8 --verify=crc32c "
+       "--verify_fatal=1 --do_verify=1 --randrepeat=0 --output-format=terse --terse-version=3")
+
+
+@pytest.fixture(autouse=True)
+def clean(pair):
+    for vm in (pair.alpha, pair.beta):
+        reset(vm)
+    yield
+    for vm in (pair.alpha, pair.beta):
+        if not vm.broken:
+            reset(vm)
+
+
+def md5_first(vm, sectors):
+    return vm.ok(f"head -c {sectors * 512} /dev/vdb | md5sum", timeout=300).split()[0]
+
+
+def test_fio_verify_and_disks_equal(pair):
+    a, b = pair.alpha, pair.beta
+    # different garbage on the two disks first, so "equal" cannot come from two untouched disks
+    a.ok("dd if=/dev/urandom of=/dev/vdb bs=1M count=24 oflag=direct 2>/dev/null")
+    b.ok("dd if=/dev/urandom of=/dev/vdb bs=1M count=24 oflag=direct 2>/dev/null")
+    connect_pair(pair)
+    before = status(a)
+    out = a.ok(FIO, timeout=600)
+    fields = out.strip().split("\n")[-1].split(";")
+    assert fields[4] == "0", f"fio error {fields[4]}: {out}"
+    st = status(a)
+    assert st["cstate"] == "connected", st
+    assert st["small_writes"] > before["small_writes"], f"no small (inline) writes counted: {st}"
+    assert st["large_writes"] > before["large_writes"], f"no large writes counted: {st}"
+    assert st["writes"] - before["writes"] >= st["small_writes"] + st["large_writes"] - \
+        before["small_writes"] - before["large_writes"], st
+    assert st["write_bytes"] - before["write_bytes"] >= 24 << 20, st
+    assert st["acks"] > before["acks"], st
+    assert st["inflight"] == 0 and st["out_of_sync"] == 0, st
+    remove(a)
+    remove(b)
+    ma, mb = md5_first(a, S), md5_first(b, S)
+    assert ma == mb, f"backing disks differ after fio: alpha {ma} beta {mb}"
+
+
+def test_ext4_files_reach_secondary(pair):
+    a, b = pair.alpha, pair.beta
+    connect_pair(pair)
+    tag = uuid.uuid4().hex
+    a.ok("mkfs.ext4 -q -F -E nodiscard /dev/rmirror0 && mount /dev/rmirror0 /mnt/a", timeout=300)
+    a.ok(f"echo {tag} > /mnt/a/tag.txt && mkdir -p /mnt/a/d/e && "
+         "head -c 1048576 /dev/urandom > /mnt/a/d/one-mib && "
+         "head -c 5000000 /dev/urandom > /mnt/a/d/e/five-mb && "
+         "head -c 3000 /dev/urandom > /mnt/a/small && ln -s d/one-mib /mnt/a/link", timeout=120)
+    files = "tag.txt d/one-mib d/e/five-mb small link"
+    want = a.ok(f"cd /mnt/a && sha256sum {files}")
+    a.ok("umount /mnt/a", timeout=120)
+    a.ok("fsck.ext4 -fn /dev/rmirror0", timeout=300)
+    assert status(a)["cstate"] == "connected"
+    remove(b)
+    b.ok("mount -o ro,noload /dev/vdb /mnt/b")
+    try:
+        got = b.ok(f"cd /mnt/b && sha256sum {files}")
+        assert got == want, f"files differ on beta's disk:\nalpha:\n{want}\nbeta:\n{got}"
+        assert b.ok("cat /mnt/b/tag.txt").strip() == tag
+        assert b.ok("readlink /mnt/b/link").strip() == "d/one-mib"
+    finally:
+        b.run("umount /mnt/b")
+    b.ok("e2fsck -fn /dev/vdb", timeout=300)
+    remove(a)
