@@ -343,9 +343,14 @@ class Vm:
         b64 = base64.b64encode(data).decode()
         self.ok(f"echo {b64} | base64 -d > {path} && chmod {mode:o} {path}")
 
-    def kmsg(self, text):
-        """Write a line to the guest's kernel log (test markers)."""
+    def kmsg(self, text, wait=False):
+        """Write a line to the guest's kernel log (test markers). With `wait`, return only once the line
+        has reached the console log file (so every earlier kernel message has too), at most 20 s."""
         self.run(f"echo {shquote(text)} > /dev/kmsg", 20)
+        if wait:
+            deadline = time.monotonic() + 20
+            while text not in self.dmesg()[-65536:] and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     # ---- kernel log --------------------------------------------------------------------------------
     def dmesg(self):
@@ -458,6 +463,26 @@ class Pair:
     def dmesg(self, name):
         """The full kernel log of guest `name`."""
         return self.vms[name].dmesg()
+
+    def each(self, fn):
+        """Call fn(vm) for both guests at once (each in its own thread); return {name: result}. The first
+        exception (in guest order) is re-raised after both calls have finished."""
+        res, errs = {}, {}
+
+        def call(name, vm):
+            try:
+                res[name] = fn(vm)
+            except BaseException as e:      # noqa: B036 - re-raised below
+                errs[name] = e
+        threads = [threading.Thread(target=call, args=(n, vm)) for n, vm in self.vms.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for name in self.vms:
+            if name in errs:
+                raise errs[name]
+        return res
 
     def check_logs(self):
         """Raise LogScanError if a guest logged BUG:/WARNING:/... since the previous check."""

@@ -13,7 +13,6 @@ Environment:
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -82,14 +81,9 @@ def _log_check(request):
         yield
         return
     p = request.getfixturevalue("pair")
-    for vm in p.vms.values():
-        if not vm.broken:
-            vm.kmsg(f"rmirror-test: start {request.node.nodeid}")
+    p.each(lambda vm: vm.broken or vm.kmsg(f"rmirror-test: start {request.node.nodeid}"))
     yield
-    for vm in p.vms.values():
-        if not vm.broken:
-            vm.kmsg(f"rmirror-test: end {request.node.nodeid}")
-    time.sleep(0.2)
+    p.each(lambda vm: vm.broken or vm.kmsg(f"rmirror-test: end {request.node.nodeid}", wait=True))
     p.check_logs()
 
 

@@ -36,15 +36,25 @@ def load(vm):
     vm.ok("test -c /dev/rmirror-control")
 
 
+RESET = """
+for m in /mnt/a /mnt/b; do umount $m 2>/dev/null; done
+iptables -F 2>/dev/null; tc qdisc del dev eth0 root 2>/dev/null
+if grep -q '^rmirror ' /proc/modules; then rmmod rmirror || exit 1; fi
+for l in /dev/loop[0-9]*; do losetup -d $l 2>/dev/null; done; rm -f /tmp/loop*.img
+! grep -q '^rmirror ' /proc/modules
+"""
+
+
 def reset(vm):
-    """Back to a clean guest: nothing mounted on /mnt/a, /mnt/b, no firewall rules, loop devices detached,
-    the module unloaded (module exit removes every idle device)."""
-    vm.run("for m in /mnt/a /mnt/b; do umount $m 2>/dev/null; done; iptables -F 2>/dev/null; "
-           "for l in /dev/loop[0-9]*; do losetup -d $l 2>/dev/null; done; rm -f /tmp/loop*.img; true")
-    if loaded(vm):
-        rc, out = vm.run("rmmod rmirror", 60)
-        assert rc == 0, f"{vm.name}: cleanup rmmod rmirror failed: {out}"
-    assert not loaded(vm)
+    """Back to a clean guest: nothing mounted on /mnt/a, /mnt/b, no firewall rules or qdisc, the module
+    unloaded (module exit removes every idle device), loop devices detached. One agent round trip."""
+    rc, out = vm.run(RESET, 120)
+    assert rc == 0, f"{vm.name}: cleanup failed (rmmod rmirror with a device still in use?): {out}"
+
+
+def reset_pair(p):
+    """reset() on both guests at once."""
+    p.each(lambda vm: vm.broken or reset(vm))
 
 
 def create(vm, role, name="r0", **kw):
@@ -81,8 +91,7 @@ def wait_cstate(vm, want="connected", name="r0", timeout=60):
 def connect_pair(p, name="r0", **kw):
     """Load the module on both guests, create beta = secondary and alpha = primary, wait until both say
     cstate=connected. Returns alpha's status."""
-    for vm in (p.alpha, p.beta):
-        load(vm)
+    p.each(load)
     create(p.beta, "secondary", name, **kw)
     create(p.alpha, "primary", name, **kw)
     wait_cstate(p.beta, name=name)

@@ -6,18 +6,16 @@ import re
 
 import pytest
 
-from helpers import (CTL, KO, S, DISK_SECTORS, create, dmesg_during, expect_error, load, loaded, q, remove,
-                     reset, status, sysfs_write, table, connect_pair)
+from helpers import (CTL, KO, S, DISK_SECTORS, connect_pair, create, dmesg_during, expect_error, load, loaded, q,
+                     remove, reset_pair, status, sysfs_write, table)
 
 
 @pytest.fixture(autouse=True)
 def clean(pair):
-    for vm in (pair.alpha, pair.beta):
-        reset(vm)
+    """Each test starts from, and leaves, unloaded modules and nothing mounted."""
+    reset_pair(pair)
     yield
-    for vm in (pair.alpha, pair.beta):
-        if not vm.broken:
-            reset(vm)
+    reset_pair(pair)
 
 
 def test_load_unload_cycles(pair):

@@ -39,6 +39,25 @@ fn retry(ret: c_int) -> bool {
     ret == -(bindings::EAGAIN as i32) || ret == -(bindings::EINTR as i32) || ret == -(bindings::ERESTARTSYS as i32)
 }
 
+/// Repeats `step(done)` (one send or receive call returning a byte count or `-errno`) until
+/// `len` bytes are through: zero bytes means the peer closed; timeout ticks consult `stop`.
+fn whole(len: usize, stop: &dyn Fn() -> bool, mut step: impl FnMut(usize) -> c_int) -> Result {
+    let mut done = 0;
+    while done < len {
+        let ret = step(done);
+        if ret > 0 {
+            done += ret as usize;
+        } else if ret == 0 {
+            return Err(econnreset());
+        } else if !retry(ret) {
+            return Err(Error::from_errno(ret));
+        } else if stop() {
+            return Err(eshutdown());
+        }
+    }
+    Ok(())
+}
+
 impl Socket {
     fn from_ret(ret: c_int, sock: *mut bindings::socket) -> Result<Self> {
         to_result(ret)?;
@@ -75,47 +94,22 @@ impl Socket {
 
     /// Sends all of `buf`; `more` hints that another buffer follows at once (MSG_MORE).
     pub(crate) fn send_all(&self, buf: &[u8], more: bool, stop: &dyn Fn() -> bool) -> Result {
-        let mut done = 0;
-        while done < buf.len() {
+        whole(buf.len(), stop, |done| {
             let rest = &buf[done..];
-            // SAFETY: `self.0` is valid; `rest` is readable for its length during the call.
-            let ret = unsafe { ffi::rmirror_sock_send(self.0.as_ptr(), rest.as_ptr().cast(), rest.len(), more) };
-            if ret > 0 {
-                done += ret as usize;
-            } else if ret == 0 {
-                return Err(econnreset());
-            } else if retry(ret) {
-                if stop() {
-                    return Err(eshutdown());
-                }
-            } else {
-                return Err(Error::from_errno(ret));
-            }
-        }
-        Ok(())
+            // SAFETY: `self.0` is valid (invariant); `rest` is readable for its length during the call.
+            unsafe { ffi::rmirror_sock_send(self.0.as_ptr(), rest.as_ptr().cast(), rest.len(), more) }
+        })
     }
 
     /// Receives exactly `buf.len()` bytes. An orderly close by the peer is `ECONNRESET`;
     /// `stop()` is consulted at every timeout tick and ends the wait with `ESHUTDOWN`.
     pub(crate) fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result {
-        let mut done = 0;
-        while done < buf.len() {
+        let len = buf.len();
+        whole(len, stop, |done| {
             let rest = &mut buf[done..];
-            // SAFETY: `self.0` is valid; `rest` is writable for its length during the call.
-            let ret = unsafe { ffi::rmirror_sock_recv(self.0.as_ptr(), rest.as_mut_ptr().cast(), rest.len()) };
-            if ret > 0 {
-                done += ret as usize;
-            } else if ret == 0 {
-                return Err(econnreset());
-            } else if retry(ret) {
-                if stop() {
-                    return Err(eshutdown());
-                }
-            } else {
-                return Err(Error::from_errno(ret));
-            }
-        }
-        Ok(())
+            // SAFETY: `self.0` is valid (invariant); `rest` is writable for its length during the call.
+            unsafe { ffi::rmirror_sock_recv(self.0.as_ptr(), rest.as_mut_ptr().cast(), rest.len()) }
+        })
     }
 
     /// The connected peer's address.

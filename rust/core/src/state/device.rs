@@ -68,6 +68,13 @@ impl State {
     /// A secondary with no disk and no connection.
     pub const INITIAL: State = State { role: Role::Secondary, disk: Disk::Diskless, repl: Repl::Off, peer: None };
 
+    /// Whether I/O can be served: our data is up to date, or a connected peer's is. A
+    /// primary without data access must fail (or suspend) new writes: its local disk alone
+    /// does not hold a usable image.
+    pub fn has_data(&self) -> bool {
+        self.disk == Disk::UpToDate || self.peer_up_to_date()
+    }
+
     fn peer_up_to_date(&self) -> bool {
         self.repl != Repl::Off && self.peer.is_some_and(|p| p.disk == Disk::UpToDate)
     }
@@ -297,6 +304,7 @@ mod tests {
             ..s
         };
         assert!(promote(&c, &NONE).is_ok());
+        assert!(c.has_data() && !s.has_data());
         let two = State { peer: Some(Peer { role: Role::Primary, disk: Disk::UpToDate }), ..c };
         assert_eq!(promote(&two, &NONE), Err(Reason::TwoPrimaries));
         assert!(promote(&two, &Context { allow_two_primaries: true, ..NONE }).is_ok());

@@ -17,7 +17,9 @@
 //!
 //! A write completes once its local half is finished and its net half has reached the level
 //! the protocol asks for (A: `Sent`, B: `Received`, C: `Durable`) or has failed. The status is
-//! `Ok` if either copy is good: the local write succeeded, or the peer reached that level.
+//! `Ok` if either copy is good: the local write succeeded (unless the request was created
+//! with [`Request::new_remote_only`] because the local disk is a sync target), or the peer
+//! reached that level.
 //! Whatever the protocol, the range is marked out of sync when the peer is known not to hold
 //! the data durably (`NegAck`, or `ConnectionLost` before `AckDurable`), or when the local
 //! write failed. A request may be freed ([`Request::is_finished`]) once it is completed and
@@ -168,6 +170,8 @@ pub enum Net {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
     proto: Protocol,
+    /// Whether a successful local write makes a good copy (false on a sync target).
+    local_counts: bool,
     local: Local,
     net: Net,
     completed: bool,
@@ -177,7 +181,15 @@ pub struct Request {
 impl Request {
     /// A new write under `proto`, with both halves pending.
     pub const fn new(proto: Protocol) -> Self {
-        Request { proto, local: Local::Pending, net: Net::Pending, completed: false, marked: false }
+        Request { proto, local_counts: true, local: Local::Pending, net: Net::Pending, completed: false, marked: false }
+    }
+
+    /// A new write on a primary whose local disk is not up to date (a sync target): the
+    /// local write still happens, but only the peer's copy counts, so the write completes
+    /// `Ok` only once the peer reached the protocol's level, and `IoError` if the
+    /// connection is lost first.
+    pub const fn new_remote_only(proto: Protocol) -> Self {
+        Request { local_counts: false, ..Request::new(proto) }
     }
 
     /// The protocol this request was created with.
@@ -286,7 +298,7 @@ impl Request {
             return None;
         }
         self.completed = true;
-        if self.local == Local::Done || net_ok {
+        if (self.local == Local::Done && self.local_counts) || net_ok {
             Some(Status::Ok)
         } else {
             Some(Status::IoError)
@@ -368,6 +380,22 @@ mod tests {
         let (_, done, marks) = run(Protocol::C, &[Sent, LocalFailed, AckDurable]);
         assert_eq!(done, Some((2, Status::Ok)));
         assert_eq!(marks, 1);
+    }
+
+    #[test]
+    fn remote_only_needs_the_peer() {
+        let mut r = Request::new_remote_only(Protocol::C);
+        r.event(Sent).unwrap();
+        r.event(LocalDone).unwrap();
+        let o = r.event(ConnectionLost).unwrap();
+        assert_eq!(o, Outcome { complete: Some(Status::IoError), mark_out_of_sync: true });
+        let (_, done, _) = {
+            let mut r = Request::new_remote_only(Protocol::C);
+            let a = r.event(LocalDone).unwrap();
+            let b = r.event(AckDurable).unwrap();
+            (r, a.complete.or(b.complete), 0)
+        };
+        assert_eq!(done, Some(Status::Ok));
     }
 
     #[test]

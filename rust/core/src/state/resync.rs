@@ -390,6 +390,12 @@ impl<const N: usize> Controller<N> {
         (rate * u64::from(self.cfg.step_ms) / 1000) as i64
     }
 
+    /// Convenience: [`Controller::completed`] then [`Controller::on_tick`].
+    pub fn step(&mut self, now_ms: u64, completed_bytes: u64) -> u64 {
+        self.completed(completed_bytes);
+        self.on_tick(now_ms)
+    }
+
     /// Timer: returns how many bytes of resync requests to issue now (0 between steps).
     pub fn on_tick(&mut self, now_ms: u64) -> u64 {
         if now_ms < self.next_step_ms {

@@ -88,7 +88,9 @@ enum Msg {
     Ping,
     Pong,
     Fin,
-    Hello { uuids: Uuids, disk: Disk, runs: Vec<(u64, u64)> },
+    /// `b_promoted` is simulator truth at send time (a stalled Hello may arrive after the
+    /// operator resolved the split brain it reveals).
+    Hello { uuids: Uuids, disk: Disk, runs: Vec<(u64, u64)>, b_promoted: bool },
     Data { req: u64, first: u64, n: u64, val: u64, q: Option<u64>, proto: Protocol },
     RecvAck { req: u64 },
     Ack { req: u64, q: Option<u64> },
@@ -187,6 +189,9 @@ struct Node {
     queue: Queue<Vec<Entry>>,
     src: Option<RsSrc>,
     busy: Vec<u32>,
+    /// Sync target only: blocks the application wrote during this resync (resync data for
+    /// them is older and must be dropped).
+    rs_written: BTreeSet<u64>,
     want_primary_at: Option<u64>,
 }
 
@@ -277,6 +282,7 @@ impl Node {
             queue: Queue::new(vec![Entry::EMPTY; qslots], qbytes),
             src: None,
             busy: vec![0; NBLK as usize],
+            rs_written: BTreeSet::new(),
             want_primary_at: None,
         }
     }
@@ -542,7 +548,7 @@ impl World {
         if a.send_handshake {
             let node = &self.nodes[n];
             let runs = node.bm.runs(0).map(|r| (r.start, r.len)).collect();
-            let m = Msg::Hello { uuids: node.uuids, disk: node.dev.disk, runs };
+            let m = Msg::Hello { uuids: node.uuids, disk: node.dev.disk, runs, b_promoted: self.truth.b_promoted };
             self.send(n, m);
         }
         if a.send_ping {
@@ -621,6 +627,13 @@ impl World {
         }
         let cnt = self.rng.range(1, 4);
         let first = (self.hot + self.rng.below(40)) % (NBLK - cnt + 1);
+        let node = &self.nodes[n];
+        // Without up-to-date local data a primary may only write through a live link
+        // (DRBD fails such I/O: "no access to up-to-date data").
+        let live = node.sock.is_some() && node.conn.state() == CState::Connected && node.dev.has_data();
+        if node.dev.disk != Disk::UpToDate && !live {
+            return;
+        }
         let node = &mut self.nodes[n];
         if (first..first + cnt).any(|b| node.busy[b as usize] > 0) {
             return;
@@ -647,9 +660,19 @@ impl World {
         node.ios.insert(io, IoKind::App(val));
         for b in first..first + cnt {
             node.busy[b as usize] += 1;
+            if node.dev.repl == Repl::SyncTarget {
+                node.rs_written.insert(b);
+            }
         }
-        node.reqs.insert(val, SReq { r: Request::new(self.proto), first, n: cnt, val, fua, queued: false });
+        // On a sync target only the peer's copy counts.
+        let r = if node.dev.disk == Disk::UpToDate {
+            Request::new(self.proto)
+        } else {
+            Request::new_remote_only(self.proto)
+        };
+        node.reqs.insert(val, SReq { r, first, n: cnt, val, fua, queued: false });
         self.stats.writes += 1;
+        self.log(format_args!("n{n} write {val} at {first}+{cnt}{}", if fua { " fua" } else { "" }));
         self.at(t, Ev::DiskDone(n, io));
         let node = &self.nodes[n];
         let replicating = node.sock.is_some()
@@ -683,6 +706,7 @@ impl World {
     }
 
     fn flush(&mut self, n: usize) {
+        self.log(format_args!("n{n} flush"));
         self.nodes[n].disk.flush();
         for b in 0..NBLK as usize {
             self.guaranteed[n][b] = self.guaranteed[n][b].max(self.completed[n][b]);
@@ -709,10 +733,12 @@ impl World {
         let finished = sr.r.is_finished();
         if let Some(st) = o.complete {
             self.stats.completed += 1;
-            if st != Status::Ok {
-                return self.fail(format!("write {id} failed without an I/O error"));
+            if st != Status::Ok && self.nodes[n].dev.disk == Disk::UpToDate {
+                return self.fail(format!("write {id} failed on an up-to-date disk"));
             }
-            for b in first..first + cnt {
+            // On a sync target the local copy does not count: only a durable peer copy does.
+            let counts = st == Status::Ok && (self.nodes[n].dev.disk == Disk::UpToDate || durable_at_peer);
+            for b in (first..first + cnt).filter(|_| counts) {
                 let b = b as usize;
                 self.completed[n][b] = self.completed[n][b].max(val);
                 if fua {
@@ -791,7 +817,7 @@ impl World {
             }
         }
         match msg {
-            Msg::Hello { uuids, disk, runs } => self.handshake(n, uuids, disk, runs),
+            Msg::Hello { uuids, disk, runs, b_promoted } => self.handshake(n, uuids, disk, runs, b_promoted),
             Msg::Data { req, first, n: cnt, val, q, proto } => {
                 if proto == Protocol::B && q.is_none() {
                     self.send(n, Msg::RecvAck { req });
@@ -818,6 +844,13 @@ impl World {
             }
             Msg::RsData { blk, val } => {
                 let node = &mut self.nodes[n];
+                if node.rs_written.contains(&blk) {
+                    // The application wrote this block since the resync started; that write
+                    // goes to the source too, ahead of this ack: the resync data is stale.
+                    node.bm.clear_bits(blk, 1).unwrap();
+                    self.send(n, Msg::RsAck { blk });
+                    return;
+                }
                 let (io, t) = node.disk.submit(now, &mut self.rng, blk, 1, val, true);
                 let epoch = node.sock.unwrap();
                 node.ios.insert(io, IoKind::Rs { blk, epoch });
@@ -870,7 +903,7 @@ impl World {
         }
     }
 
-    fn handshake(&mut self, n: usize, peer: Uuids, peer_disk: Disk, runs: Vec<(u64, u64)>) {
+    fn handshake(&mut self, n: usize, peer: Uuids, peer_disk: Disk, runs: Vec<(u64, u64)>, b_promoted: bool) {
         if self.nodes[n].conn.state() != CState::Handshake {
             return;
         }
@@ -903,7 +936,7 @@ impl World {
         match d {
             Decision::Unrelated => return self.fail(format!("n{n}: unrelated data (rule {})", v.rule)),
             Decision::SplitBrain => {
-                if !self.truth.b_promoted {
+                if !self.truth.b_promoted && !b_promoted {
                     return self.fail(format!("false split brain at n{n} (rule {})", v.rule));
                 }
                 self.stats.split_brains += 1;
@@ -960,6 +993,7 @@ impl World {
                     self.drain_queue(n);
                 }
                 let node = &mut self.nodes[n];
+                node.rs_written.clear();
                 node.dev = device::force_state(device::State { repl: Repl::SyncTarget, peer, ..node.dev });
             }
             Decision::SplitBrain | Decision::Unrelated => unreachable!(),
