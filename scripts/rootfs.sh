@@ -264,5 +264,7 @@ e2fsck -fn "$IMG.tmp.$$" >/dev/null 2>&1 || die "e2fsck of the new image failed"
 mv "$IMG.tmp.$$" "$IMG"
 cp "$S/etc/rmirror-rootfs" "$OUT/$key.manifest"
 ln -sfn "$key.img" "$OUT/current.img"
+# drop images of other inputs not used for two days (a running QEMU keeps its open file)
+find "$OUT" -maxdepth 1 \( -name '*.img' -o -name '*.manifest' \) ! -name "$key.*" -atime +2 -delete 2>/dev/null || true
 log "rootfs ready: $IMG (${size_mib} MiB, $(wc -l < "$OUT/$key.manifest") manifest lines)"
 echo "$IMG"

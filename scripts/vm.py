@@ -174,8 +174,8 @@ class Vm:
     def qemu_argv(self):
         ip, mac = GUESTS[self.name]
         kvm = os.environ.get("RMIRROR_KVM") == "1"
-        append = (f"console=ttyS0 loglevel=7 no_timer_check printk.devkmsg=on root=/dev/vda ro rootfstype=ext4 init=/init "
-                  f"panic=-1 rmirror.host={self.name} rmirror.ip={ip} {self.append}").strip()
+        append = (f"console=ttyS0 loglevel=7 no_timer_check printk.devkmsg=on root=/dev/vda ro rootfstype=ext4 "
+                  f"init=/init panic=-1 rmirror.host={self.name} rmirror.ip={ip} {self.append}").strip()
         argv = ["qemu-system-x86_64",
                 "-accel", "kvm" if kvm else "tcg",
                 "-cpu", "host" if kvm else os.environ.get("RMIRROR_CPU", "qemu64"),
@@ -277,7 +277,12 @@ class Vm:
     def _send(self, script, guest_timeout):
         rid = next(self.ids)
         b64 = base64.b64encode(script.encode()).decode()
-        self.sock.sendall(f"RMX {rid} {int(guest_timeout)} {b64}\n".encode())
+        try:
+            self.sock.sendall(f"RMX {rid} {int(guest_timeout)} {b64}\n".encode())
+        except OSError as e:
+            self.broken = f"agent socket: {e}"
+            raise GuestError(f"{self.name}: cannot send to the agent ({e}); QEMU "
+                             f"{'running' if self.alive() else 'exited'}; console tail:\n{self.tail()}") from e
         return rid
 
     def _readline(self, deadline):
@@ -286,14 +291,19 @@ class Vm:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            r, _, _ = select.select([self.sock], [], [], min(left, 0.5))
-            if not r:
+            try:
+                r, _, _ = select.select([self.sock], [], [], min(left, 0.5))
+                data = self.sock.recv(1 << 20) if r else None
+            except OSError as e:
+                self.broken = f"agent socket: {e}"
+                raise GuestError(f"{self.name}: agent socket error {e}; QEMU "
+                                 f"{'running' if self.alive() else 'exited'}; console tail:\n{self.tail()}") from e
+            if data is None:
                 if not self.alive():
                     self.broken = "QEMU exited"
                     raise GuestError(f"{self.name}: QEMU exited ({self.proc.returncode}); console tail:\n"
                                      + self.tail())
                 continue
-            data = self.sock.recv(1 << 20)
             if not data:
                 self.broken = "agent socket closed"
                 raise GuestError(f"{self.name}: agent socket closed; console tail:\n" + self.tail())
@@ -416,6 +426,16 @@ class Pair:
     def beta(self):
         return self.vms["beta"]
 
+    def restart(self):
+        """Power off (keeping the work directory with the old logs) and boot a fresh pair."""
+        self.stop(check=False, keep=True)
+        if self.own_workdir:
+            self.workdir = None
+        else:
+            self.workdir = os.path.join(self.workdir, f"restart-{time.time():.0f}")
+        self.vms = {}
+        return self.start()
+
     def start(self):
         if self.workdir is None:
             self.workdir = tempfile.mkdtemp(prefix="rmirror-vm-")
@@ -494,8 +514,9 @@ class Pair:
         if msgs:
             raise LogScanError("kernel log problems:\n" + "\n".join(msgs))
 
-    def stop(self, check=True):
-        """Power both guests off, then (if `check`) raise LogScanError for unreported log problems."""
+    def stop(self, check=True, keep=False):
+        """Power both guests off, then (if `check`) raise LogScanError for unreported log problems. The work
+        directory (console logs) is kept if `keep`, RMIRROR_KEEP=1, a guest broke or a log had problems."""
         threads = [threading.Thread(target=vm.shutdown) for vm in self.vms.values()]
         for t in threads:
             t.start()
@@ -506,10 +527,9 @@ class Pair:
             self.check_logs()
         except LogScanError as e:
             problems = e
-        if problems is not None or not check:
-            if problems is not None:
-                log(str(problems))
-        keep = self.keep or problems is not None
+        if problems is not None:
+            log(str(problems))
+        keep = keep or self.keep or problems is not None or any(vm.broken for vm in self.vms.values())
         if self.own_workdir and self.workdir and not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
         elif self.workdir:
@@ -611,7 +631,7 @@ def cmd_demo(args):
                 "sha256sum /mnt/b/hello.txt && umount /mnt/b")
         show(a, "/p/rmirrorctl remove r0")
         for vm in (a, b):
-            show(vm, "rmmod rmirror && dmesg | grep -i rmirror | tail -n 8")
+            show(vm, "rmmod rmirror && dmesg | grep 'rmirror:' | tail -n 8")
         banner("done; powering off (kernel logs are checked for BUG/WARNING/Oops)")
     print("demo OK")
 

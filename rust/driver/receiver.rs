@@ -261,12 +261,14 @@ fn serve(dev: &Device, link: &dyn Transport, buf: &mut [u8], lim: &Limits) -> &'
     }
 }
 
-/// Writes one replicated write to the backing device with the original cache semantics, and
-/// says how to acknowledge it.
+/// Writes one replicated write to the backing device and says how to acknowledge it.
+///
+/// The write always goes with FUA: `AckDurable` promises the data is on the secondary's stable
+/// storage (protocol C's failover guarantee: the peer holds every acknowledged write, even if it
+/// loses power right after the ack). The primary's PREFLUSH is honoured as well.
 fn apply(dev: &Device, meta: &wire::WriteMeta, data: &[u8]) -> Message<'static> {
     let preflush = meta.flags.contains(WriteFlags::PREFLUSH);
-    let fua = meta.flags.contains(WriteFlags::FUA);
-    let kind = match dev.backing.write_sync(meta.sector, data, preflush, fua) {
+    let kind = match dev.backing.write_sync(meta.sector, data, preflush, true) {
         Ok(()) => AckKind::Durable,
         Err(e) => {
             pr_err!("{}: write of {} bytes at sector {} failed: error {}\n",

@@ -81,7 +81,12 @@ def _log_check(request):
         yield
         return
     p = request.getfixturevalue("pair")
-    p.each(lambda vm: vm.broken or vm.kmsg(f"rmirror-test: start {request.node.nodeid}"))
+    broken = [f"{vm.name} ({vm.broken})" for vm in p.vms.values() if vm.broken]
+    if broken:
+        # an earlier test hung or crashed a guest (and failed for it): carry on with a fresh pair
+        vmlib.log(f"guest(s) {', '.join(broken)} unusable: rebooting the pair for {request.node.nodeid}")
+        p.restart()
+    p.each(lambda vm: vm.kmsg(f"rmirror-test: start {request.node.nodeid}"))
     yield
     p.each(lambda vm: vm.broken or vm.kmsg(f"rmirror-test: end {request.node.nodeid}", wait=True))
     p.check_logs()
@@ -92,3 +97,20 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "rmirror guest boot times (QEMU start to agent answer, both at once)")
         for mod, a, b in BOOT_TIMES:
             terminalreporter.write_line(f"{mod}: alpha {a:.1f}s, beta {b:.1f}s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, add each guest's kernel log since the test's start marker to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    p = item.funcargs.get("pair") if hasattr(item, "funcargs") else None
+    if not rep.failed or p is None:
+        return
+    for name, vm in p.vms.items():
+        text = vm.dmesg()
+        mark = text.rfind(f"rmirror-test: start {item.nodeid}")
+        if mark >= 0:
+            text = text[text.rfind("\n", 0, mark) + 1:]
+        lines = text.splitlines()[-150:]
+        rep.sections.append((f"{name} kernel log ({call.when})", "\n".join(lines)))
