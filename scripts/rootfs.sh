@@ -218,7 +218,8 @@ for f in $(find /sys/devices -path '*/vport*p*/name' 2>/dev/null); do
     [ "$(cat "$f" 2>/dev/null)" = rmirror.agent ] && port=/dev/${d##*/}
 done
 if [ -z "$port" ]; then
-    echo "rmirror-agent: no virtio port named rmirror.agent; have: $(find /sys/devices -path '*/vport*p*/name' 2>&1 | tr '\n' ' ') dev: $(ls /dev | grep -E 'vport|hvc' | tr '\n' ' ')" > /dev/kmsg
+    have=$(find /sys/devices -path '*/vport*p*/name' 2>&1 | tr '\n' ' ')
+    echo "rmirror-agent: no virtio port named rmirror.agent; have: $have" > /dev/kmsg
     sleep 5; exit 1
 fi
 W=/run/agent

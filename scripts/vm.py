@@ -36,7 +36,6 @@ import base64
 import ctypes
 import itertools
 import os
-import re
 import select
 import shutil
 import signal
@@ -247,7 +246,6 @@ class Vm:
             parts = line.split(b" ")
             if len(parts) >= 2 and parts[0] == b"RMR" and parts[1].isdigit() and int(parts[1]) in pings:
                 self.boot_seconds = time.monotonic() - self.t0
-                self.ready_id = max(pings)
                 return self.boot_seconds
 
     def alive(self):
@@ -260,7 +258,7 @@ class Vm:
         if self.alive() and self.sock is not None and not self.broken:
             try:
                 self._send("sync; echo rmirror-vm: poweroff > /dev/kmsg; poweroff -f", 60)
-            except OSError:
+            except GuestError:
                 pass
             try:
                 self.proc.wait(timeout)

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from helpers import CTL, S, connect_pair, remove, reset_pair, status
+from helpers import S, connect_pair, remove, reset_pair, status
 
 # Mixed sizes: 4 KiB writes take the inline (small-write) path (inline_max defaults to 4096), 128 KiB ones
 # the long path; randommap (fio's default) means no block is written twice, so verify is exact.

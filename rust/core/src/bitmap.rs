@@ -41,8 +41,6 @@ pub const MAX_REGION_SHIFT: u32 = 20;
 pub const DEFAULT_REGION_SHIFT: u32 = 12;
 /// log2 of the 512-byte sector all block offsets are counted in.
 pub const SECTOR_SHIFT: u32 = 9;
-/// Longest run length in the RLE encoding (a LEB128 `u64`), in bytes.
-const RLE_MAX_VARINT: usize = 10;
 
 const _: () = assert!(WORDS_PER_PAGE == 512);
 const _: () = assert!(BITS_PER_PAGE == 32768);
@@ -548,13 +546,9 @@ where
         let mut value = false;
         while pos < end {
             let run_end = self.find_next(pos, !value).unwrap_or(end).min(end);
-            let mut tmp = [0u8; RLE_MAX_VARINT];
-            let n = put_varint(run_end - pos, &mut tmp);
-            let (Some(dst), Some(src)) = (out.get_mut(written..written + n), tmp.get(..n)) else {
+            if !wire::varint_put(out, &mut written, run_end - pos) {
                 break;
-            };
-            dst.copy_from_slice(src);
-            written += n;
+            }
             pos = run_end;
             value = !value;
         }
@@ -589,13 +583,12 @@ where
         let dirty = wire::rle_check(rle, bits).map_err(|_| Error::RleInvalid)?;
         let mut pos = from_bit;
         let mut value = false;
-        let mut rest = rle;
-        while !rest.is_empty() {
+        let mut at = 0;
+        while at < rle.len() {
             // Cannot fail after rle_check; stop quietly if it ever does.
-            let Ok((len, used)) = get_varint(rest) else {
+            let Ok(len) = wire::varint_get(rle, &mut at) else {
                 break;
             };
-            rest = rest.get(used..).unwrap_or(&[]);
             let end = pos.saturating_add(len).min(from_bit + u64::from(bits));
             if value || mode == RleApply::Copy {
                 let _ = self.update(pos, end, value);
@@ -610,38 +603,6 @@ where
     pub fn rle_decode_merge(&mut self, from_bit: u64, bits: u32, rle: &[u8]) -> Result<u64, Error> {
         self.rle_decode(from_bit, bits, rle, RleApply::Merge)
     }
-}
-
-/// Writes `v` as LEB128 into `out`, returns the number of bytes used (1..=10).
-// The format is wire.rs's; its varint helpers are private, hence this small twin.
-fn put_varint(mut v: u64, out: &mut [u8; RLE_MAX_VARINT]) -> usize {
-    let mut n = 0;
-    for byte in out.iter_mut() {
-        let low = (v & 0x7f) as u8;
-        v >>= 7;
-        n += 1;
-        if v == 0 {
-            *byte = low;
-            break;
-        }
-        *byte = low | 0x80;
-    }
-    n
-}
-
-/// Reads one LEB128 `u64` from `data`: `(value, bytes used)`.
-fn get_varint(data: &[u8]) -> Result<(u64, usize), Error> {
-    let mut v = 0u64;
-    for (i, &b) in data.iter().enumerate().take(RLE_MAX_VARINT) {
-        if i == RLE_MAX_VARINT - 1 && (b & 0x7f) > 1 {
-            return Err(Error::RleInvalid);
-        }
-        v |= u64::from(b & 0x7f) << (7 * i as u32);
-        if b & 0x80 == 0 {
-            return Ok((v, i + 1));
-        }
-    }
-    Err(Error::RleInvalid)
 }
 
 fn mark_dirty(pages: &mut [u64], idx: usize) {
@@ -802,9 +763,6 @@ mod tests {
             Ok(RleChunk { len: 2, bits: 3 })
         );
         assert_eq!(&out[..2], &[0, 3]);
-        let mut tmp = [0u8; RLE_MAX_VARINT];
-        assert_eq!(put_varint(u64::MAX, &mut tmp), 10);
-        assert_eq!(get_varint(&tmp), Ok((u64::MAX, 10)));
     }
 
     /// On-disk bytes of the whole bitmap (what wire.rs's byte-wise RLE works on).

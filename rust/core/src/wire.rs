@@ -549,7 +549,8 @@ pub struct Handshake {
     pub node_id: u8,
     /// Size of the sender's device in sectors (1..=[`MAX_DEV_SECTORS`]).
     pub dev_sectors: u64,
-    /// Bytes of device covered by one bitmap bit (a power of two, >= 512).
+    /// Bytes of device covered by one bitmap bit (a power of two, 4 KiB to 1 MiB: the
+    /// fracture bitmap's range).
     pub region_size: u32,
     /// The sender's data generations.
     pub uuids: Uuids,
@@ -867,7 +868,10 @@ impl<'a> Message<'a> {
                 if h.dev_sectors > MAX_DEV_SECTORS {
                     return Err(DecodeError::OutOfRange);
                 }
-                if !h.region_size.is_power_of_two() || h.region_size < SECTOR_SIZE {
+                if !h.region_size.is_power_of_two()
+                    || h.region_size < 1 << crate::bitmap::MIN_REGION_SHIFT
+                    || h.region_size > 1 << crate::bitmap::MAX_REGION_SHIFT
+                {
                     return Err(DecodeError::BadField);
                 }
                 Ok(())
@@ -1379,8 +1383,8 @@ pub struct RleChunk {
     pub bits: u32,
 }
 
-/// Reads one varint from `rle` at `*pos`, advancing `*pos`.
-fn varint_get(rle: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
+/// Reads one varint from `rle` at `*pos`, advancing `*pos` (also used by `bitmap`).
+pub(crate) fn varint_get(rle: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
     let mut v: u64 = 0;
     let mut i = 0;
     loop {
@@ -1401,8 +1405,9 @@ fn varint_get(rle: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
     }
 }
 
-/// Writes `v` as a varint to `out` at `*pos` if it fits; returns whether it did.
-fn varint_put(out: &mut [u8], pos: &mut usize, mut v: u64) -> bool {
+/// Writes `v` as a varint to `out` at `*pos` if it fits; returns whether it did (also used by
+/// `bitmap`).
+pub(crate) fn varint_put(out: &mut [u8], pos: &mut usize, mut v: u64) -> bool {
     let mut tmp = [0u8; VARINT_MAX];
     let mut n = 0;
     loop {

@@ -138,7 +138,7 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
         any::<u32>(),
         any::<u8>(),
         1..=MAX_DEV_SECTORS,
-        9u32..32,
+        rmirror_core::bitmap::MIN_REGION_SHIFT..=rmirror_core::bitmap::MAX_REGION_SHIFT,
         any::<[u64; 4]>(),
         prop_oneof![Just(Role::Primary), Just(Role::Secondary)],
     )
@@ -1055,4 +1055,19 @@ fn rle_documented_example() {
         wire::rle_encode(&[0xff; 200], 0, 1600, &mut [0u8; 1]),
         Err(EncodeError::BufferTooSmall)
     );
+}
+
+#[test]
+fn handshake_region_size_outside_the_bitmap_range_is_rejected() {
+    for bad in [0u32, 512, 2048, 3000, 1 << 21, u32::MAX] {
+        let mut h = wire_samples::handshake();
+        h.region_size = bad;
+        let m = Message::Handshake(h);
+        assert_eq!(m.validate(&Limits::new(u64::MAX)), Err(DecodeError::BadField), "region_size {bad}");
+    }
+    for good in [4096u32, 65536, 1 << 20] {
+        let mut h = wire_samples::handshake();
+        h.region_size = good;
+        assert_eq!(Message::Handshake(h).validate(&Limits::new(u64::MAX)), Ok(()), "region_size {good}");
+    }
 }
