@@ -220,6 +220,9 @@ fn serve(dev: &Device, link: &dyn Transport, buf: &mut [u8], lim: &Limits) -> &'
     let mut writes_in_epoch: u32 = 0;
     loop {
         let reply = match recv_msg(link, buf, lim, &stop) {
+            Ok(Message::SmallWrite { meta, .. } | Message::WriteData { meta, .. }) if meta.volume != 0 => {
+                return "write for an unknown volume";
+            }
             Ok(Message::SmallWrite { meta, data }) => {
                 if announced.is_some() {
                     return "small write while a large write was announced";

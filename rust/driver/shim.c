@@ -250,18 +250,28 @@ static void rmirror_sockaddr(struct sockaddr_in *sin, u32 addr, u16 port)
 	sin->sin_port = htons(port);
 }
 
+/* A new TCP socket, tuned, with @sin filled in for @addr:@port. */
+static int rmirror_sock_new(u32 addr, u16 port, struct sockaddr_in *sin, struct socket **res)
+{
+	int err = sock_create_kern(&init_net, AF_INET, SOCK_STREAM, IPPROTO_TCP, res);
+
+	if (err)
+		return err;
+	rmirror_sock_tune(*res);
+	rmirror_sockaddr(sin, addr, port);
+	return 0;
+}
+
 int rmirror_sock_listen(u32 addr, u16 port, struct socket **res)
 {
 	struct sockaddr_in sin;
 	struct socket *sock;
 	int err;
 
-	err = sock_create_kern(&init_net, AF_INET, SOCK_STREAM, IPPROTO_TCP, &sock);
+	err = rmirror_sock_new(addr, port, &sin, &sock);
 	if (err)
 		return err;
-	rmirror_sock_tune(sock);
 	sock_set_reuseaddr(sock->sk);
-	rmirror_sockaddr(&sin, addr, port);
 	err = kernel_bind(sock, (struct sockaddr_unsized *)&sin, sizeof(sin));
 	if (!err)
 		err = kernel_listen(sock, 4);
@@ -290,12 +300,10 @@ int rmirror_sock_connect(u32 addr, u16 port, struct socket **res)
 	struct socket *sock;
 	int err;
 
-	err = sock_create_kern(&init_net, AF_INET, SOCK_STREAM, IPPROTO_TCP, &sock);
+	err = rmirror_sock_new(addr, port, &sin, &sock);
 	if (err)
 		return err;
-	rmirror_sock_tune(sock);
 	tcp_sock_set_nodelay(sock->sk);
-	rmirror_sockaddr(&sin, addr, port);
 	err = kernel_connect(sock, (struct sockaddr_unsized *)&sin, sizeof(sin), 0);
 	if (err) {
 		sock_release(sock);

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: GPL-2.0
+"""A malformed or hostile peer: the connection is dropped, nothing is written, nothing crashes.
+
+beta is a real secondary; alpha does not load the module but plays the primary with busybox nc,
+sending frames encoded here in Python straight from Documentation/wire-protocol.rst (so this
+also checks the document against the driver). A well-formed small write is the positive
+control: it does reach the disk, so "nothing written" in the other cases means something."""
+
+import base64
+import struct
+
+import pytest
+
+from helpers import CTL, S, PORT, create, load, q, reset_pair, status, wait_cstate
+
+MAGIC, VERSION = 0x4D52, 1
+HANDSHAKE, SMALL_WRITE, WRITE_NOTIFY = 0x01, 0x02, 0x03
+TARGET = 2048  # sector the tests aim at (1 MiB into the device)
+
+
+def preamble(cmd, length, args):
+    assert len(args) == 8
+    return struct.pack("<HBBI", MAGIC, cmd, VERSION, length) + args
+
+
+def handshake(sectors, role=1):
+    """64 bytes: versions 1..1, node 0, `role` (1 primary), features SMALL_WRITE, 4 KiB regions."""
+    args = struct.pack("<BBBBI", 1, 1, 0, role, 1)
+    return preamble(HANDSHAKE, 48, args) + struct.pack("<QII", sectors, 4096, 0) + struct.pack("<4Q", 7, 0, 0, 0)
+
+
+def small_write(seq, sector, data, flags=0, volume=0):
+    """16-byte header (the whole metadata in 128 bits), then the data."""
+    sectors = len(data) // 512
+    word = sector | (sectors - 1) << 46 | flags << 53 | volume << 56
+    return struct.pack("<HBBIQ", MAGIC, SMALL_WRITE, VERSION, seq, word) + data
+
+
+def write_notify(seq, length):
+    return preamble(WRITE_NOTIFY, 0, struct.pack("<II", seq, length))
+
+
+@pytest.fixture(autouse=True)
+def secondary(pair):
+    reset_pair(pair)
+    b = pair.beta
+    b.ok(f"dd if=/dev/zero of=/dev/vdb bs=1M count=2 seek=1 oflag=direct 2>/dev/null")
+    load(b)
+    create(b, "secondary")
+    yield
+    reset_pair(pair)
+
+
+def target_md5(vm):
+    """md5 of the 4 KiB at TARGET on the guest's own disk, read past the page cache (the driver
+    writes with bios, and busybox dd does not honour iflag=direct)."""
+    return vm.ok(f"echo 3 > /proc/sys/vm/drop_caches; "
+                 f"dd if=/dev/vdb bs=512 skip={TARGET} count=8 2>/dev/null | md5sum").split()[0]
+
+
+def send_as_primary(pair, frames):
+    """Connect from alpha (the configured peer address) and send `frames`; wait for beta to drop
+    or finish with the connection. Returns beta's kernel lines about it."""
+    a, b = pair.alpha, pair.beta
+    b.ok("dmesg -c >/dev/null")
+    blob = base64.b64encode(frames).decode()
+    a.ok(f"echo {blob} | base64 -d > /tmp/frames")
+    # Keep the connection open a little after sending so beta reads everything we sent.
+    a.run(f"(cat /tmp/frames; sleep 2) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/reply", timeout=30)
+    b.ok("for i in $(seq 1 50); do dmesg | grep -q 'connection lost' && exit 0; sleep 0.1; done; exit 1")
+    return b.ok("dmesg | grep 'rmirror: r0'"), a.ok("od -An -v -tx1 /tmp/reply | tr -d ' \\n'")
+
+
+@pytest.mark.parametrize("case,frames,reason", [
+    ("garbage", lambda: b"\xde\xad\xbe\xef" * 8, "bad magic"),
+    ("bad version", lambda: handshake(S)[:3] + b"\x09" + handshake(S)[4:], "unsupported protocol version"),
+    ("unknown command", lambda: preamble(0x7F, 0, bytes(8)), "unknown command"),
+    ("wrong role", lambda: handshake(S, role=2), "the peer has the same role"),
+    ("bigger device", lambda: handshake(S + 8), "the peer's device is larger than ours"),
+    ("write beyond the device", lambda: handshake(S) + small_write(1, S - 4, bytes(range(256)) * 16),
+     "sector range beyond device"),
+    ("oversized notify", lambda: handshake(S) + write_notify(1, 64 << 20), "payload too large"),
+    ("notify then small write", lambda: handshake(S) + write_notify(1, 65536)
+     + small_write(2, TARGET, b"\x5a" * 4096), "small write while a large write was announced"),
+    ("truncated write", lambda: handshake(S) + small_write(1, TARGET, b"\x5a" * 4096)[:1000],
+     "the peer closed the connection"),
+    ("unknown volume", lambda: handshake(S) + small_write(1, TARGET, b"\x5a" * 4096, volume=5),
+     "write for an unknown volume"),
+])
+def test_hostile_frames_drop_the_connection_and_write_nothing(pair, case, frames, reason):
+    b = pair.beta
+    before = target_md5(b)
+    log, _ = send_as_primary(pair, frames())
+    assert "connection lost" in log, log
+    if reason:
+        assert reason in log, f"{case}: expected '{reason}' in:\n{log}"
+    assert target_md5(b) == before, f"{case}: beta's disk changed"
+    # The secondary is still there, listening, and takes the next connection.
+    assert status(b)["cstate"] == "connecting"
+
+
+def test_well_formed_small_write_is_applied_and_acked(pair):
+    """Positive control for the test above: the same path with a valid frame writes the disk and
+    answers with one Durable ack for seq 1 (16 bytes: magic, cmd 0x05, version, length 0, seq, kind 2)."""
+    b = pair.beta
+    before = target_md5(b)
+    _, reply = send_as_primary(pair, handshake(S) + small_write(1, TARGET, b"\x5a" * 4096))
+    assert target_md5(b) != before
+    assert b.ok(f"dd if=/dev/vdb bs=512 skip={TARGET} count=8 2>/dev/null | od -An -v -tx1 | tr -s ' ' '\\n' "
+                "| sort -u").split() == ["5a"]
+    # beta's reply: its own 64-byte handshake, then the ack.
+    ack = bytes.fromhex(reply)[64:80]
+    assert ack[:4] == struct.pack("<HBB", MAGIC, 0x05, VERSION), reply
+    assert struct.unpack_from("<I", ack, 8)[0] == 1 and ack[12] == 2, reply
+
+
+def test_connections_from_other_addresses_are_refused(pair):
+    a, b = pair.alpha, pair.beta
+    b.ok("dmesg -c >/dev/null")
+    # busybox nc has no -s: a host route with a preferred source makes alpha connect from .9.
+    a.ok("ip addr add 10.99.0.9/24 dev eth0 && ip route add 10.99.0.2/32 dev eth0 src 10.99.0.9")
+    try:
+        blob = base64.b64encode(handshake(S) + small_write(1, TARGET, b"\x5a" * 4096)).decode()
+        a.ok(f"echo {blob} | base64 -d > /tmp/frames")
+        before = target_md5(b)
+        a.run(f"(cat /tmp/frames; sleep 1) | timeout 5 nc 10.99.0.2 {PORT}", timeout=30)
+        b.ok("for i in $(seq 1 50); do dmesg | grep -q 'refused a connection from 10.99.0.9' && exit 0; "
+             "sleep 0.1; done; exit 1")
+        assert target_md5(b) == before
+    finally:
+        a.run("ip route del 10.99.0.2/32; ip addr del 10.99.0.9/24 dev eth0")
