@@ -44,6 +44,7 @@
 
 use core::ops::{Deref, DerefMut};
 
+use super::le::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use super::crc::crc32c;
 
 /// Size of one ring slot (one transaction) in bytes.
@@ -935,47 +936,11 @@ fn stamp(state: &mut [Slot], idx: u32, extent: u32, seq: u64, is_update: bool) {
     s.flags = F_COVERED | if is_update { F_STAMP_UPDATE } else { 0 };
 }
 
-fn put_u16(buf: &mut [u8], off: usize, v: u16) {
-    if let Some(d) = buf.get_mut(off..off + 2) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
 
-fn put_u32(buf: &mut [u8], off: usize, v: u32) {
-    if let Some(d) = buf.get_mut(off..off + 4) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
 
-fn put_u64(buf: &mut [u8], off: usize, v: u64) {
-    if let Some(d) = buf.get_mut(off..off + 8) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
 
-fn get_u16(buf: &[u8], off: usize) -> u16 {
-    let mut b = [0u8; 2];
-    if let Some(s) = buf.get(off..off + 2) {
-        b.copy_from_slice(s);
-    }
-    u16::from_le_bytes(b)
-}
 
-fn get_u32(buf: &[u8], off: usize) -> u32 {
-    let mut b = [0u8; 4];
-    if let Some(s) = buf.get(off..off + 4) {
-        b.copy_from_slice(s);
-    }
-    u32::from_le_bytes(b)
-}
 
-fn get_u64(buf: &[u8], off: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(s) = buf.get(off..off + 8) {
-        b.copy_from_slice(s);
-    }
-    u64::from_le_bytes(b)
-}
 
 #[cfg(test)]
 mod tests {

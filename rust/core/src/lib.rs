@@ -12,6 +12,7 @@ pub mod abi;
 pub mod al;
 pub mod bitmap;
 pub mod crc;
+mod le;
 pub mod meta;
 pub mod state;
 pub mod table;

@@ -14,6 +14,7 @@
 //! superblock carries magic, version, feature flags and a CRC32C of the whole block. This
 //! module decides offsets and parses bytes; the driver does the I/O.
 
+use super::le::{get_u32, get_u64, put_u32, put_u64};
 use super::al;
 use super::bitmap;
 use super::crc::crc32c;
@@ -538,33 +539,9 @@ impl Superblock {
     }
 }
 
-fn put_u32(buf: &mut [u8], off: usize, v: u32) {
-    if let Some(d) = buf.get_mut(off..off + 4) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
 
-fn put_u64(buf: &mut [u8], off: usize, v: u64) {
-    if let Some(d) = buf.get_mut(off..off + 8) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
-}
 
-fn get_u32(buf: &[u8], off: usize) -> u32 {
-    let mut b = [0u8; 4];
-    if let Some(s) = buf.get(off..off + 4) {
-        b.copy_from_slice(s);
-    }
-    u32::from_le_bytes(b)
-}
 
-fn get_u64(buf: &[u8], off: usize) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(s) = buf.get(off..off + 8) {
-        b.copy_from_slice(s);
-    }
-    u64::from_le_bytes(b)
-}
 
 #[cfg(test)]
 mod tests {

@@ -5,15 +5,11 @@
 
 #[path = "../fuzz/bodies/meta_parse.rs"]
 mod body;
+mod fuzz_common;
 
 use rmirror_core::al::{self, Activation, Log, Slot};
 use rmirror_core::bitmap::Bitmap;
 use rmirror_core::meta::{self, Layout, Superblock, Uuids};
-use std::path::PathBuf;
-
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/meta_parse")
-}
 
 fn superblocks() -> Vec<Vec<u8>> {
     let mut v = Vec::new();
@@ -114,14 +110,7 @@ fn body_over_byte_mutations() {
 
 #[test]
 fn body_over_corpus_files() {
-    let Ok(dir) = std::fs::read_dir(corpus_dir()) else {
-        return; // no corpus yet: nothing to replay
-    };
-    for entry in dir.flatten() {
-        if let Ok(data) = std::fs::read(entry.path()) {
-            body::run(&data);
-        }
-    }
+    fuzz_common::replay_corpus("meta_parse", body::run);
 }
 
 /// Writes the seeds as a corpus for `cargo fuzz run meta_parse`:
@@ -129,9 +118,5 @@ fn body_over_corpus_files() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).expect("mkdir corpus");
-    for (i, input) in inputs().iter().enumerate() {
-        std::fs::write(dir.join(format!("seed-{i:03}")), input).expect("write seed");
-    }
+    fuzz_common::write_seeds("meta_parse", &inputs());
 }

@@ -5,13 +5,9 @@
 
 #[path = "../fuzz/bodies/wire_decode.rs"]
 mod body;
+mod fuzz_common;
 mod wire_samples;
 
-use std::path::PathBuf;
-
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wire_decode")
-}
 
 /// Inputs as the fuzz target sees them: selector byte, then the bytes.
 fn inputs() -> Vec<Vec<u8>> {
@@ -58,14 +54,7 @@ fn body_over_byte_mutations() {
 
 #[test]
 fn body_over_corpus_files() {
-    let Ok(dir) = std::fs::read_dir(corpus_dir()) else {
-        return; // no corpus yet: nothing to replay
-    };
-    for entry in dir.flatten() {
-        if let Ok(data) = std::fs::read(entry.path()) {
-            body::run(&data);
-        }
-    }
+    fuzz_common::replay_corpus("wire_decode", body::run);
 }
 
 /// Writes the sample inputs as a seed corpus for `cargo fuzz run wire_decode`:
@@ -73,9 +62,5 @@ fn body_over_corpus_files() {
 #[test]
 #[ignore]
 fn write_seed_corpus() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).expect("mkdir corpus");
-    for (i, input) in inputs().iter().enumerate() {
-        std::fs::write(dir.join(format!("seed-{i:03}")), input).expect("write seed");
-    }
+    fuzz_common::write_seeds("wire_decode", &inputs());
 }
