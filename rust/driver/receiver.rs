@@ -42,7 +42,34 @@ fn pause(dev: &Device, ms: u32) {
     }
 }
 
+/// Outcome of [`Device::bring_up`].
+enum Link {
+    /// Handshake done, replicating on this link of this generation.
+    Up(Arc<dyn Transport>, u64),
+    /// No usable connection this time (already logged and torn down).
+    Failed,
+    /// The device is being torn down.
+    Stopping,
+}
+
 impl Device {
+    /// Turns a fresh TCP connection into a replicating link: attach it, handshake, established.
+    fn bring_up(&self, sock: Socket, buf: &mut [u8], lim: &Limits) -> Link {
+        let Ok(tcp) = Tcp::new(sock) else { return Link::Failed };
+        let link: Arc<dyn Transport> = tcp;
+        let Some(generation) = self.attach(link.clone()) else { return Link::Stopping };
+        match self.handshake(&*link, buf, lim) {
+            Ok(small) => {
+                self.established(generation, small);
+                Link::Up(link, generation)
+            }
+            Err(why) => {
+                self.connection_lost(generation, why);
+                Link::Failed
+            }
+        }
+    }
+
     /// Installs a new connection (cstate Handshake); returns its generation.
     fn attach(&self, link: Arc<dyn Transport>) -> Option<u64> {
         let mut c = self.conn.lock();
@@ -141,17 +168,14 @@ pub(crate) fn primary_conn(dev: &Arc<Device>) {
                 continue;
             }
         };
-        let Ok(tcp) = Tcp::new(sock) else { pause(dev, 1000); continue };
-        let link: Arc<dyn Transport> = tcp;
-        let Some(generation) = dev.attach(link.clone()) else { break };
-        match dev.handshake(&*link, &mut buf, &lim) {
-            Ok(small) => dev.established(generation, small),
-            Err(why) => {
-                dev.connection_lost(generation, why);
+        let (link, generation) = match dev.bring_up(sock, &mut buf, &lim) {
+            Link::Up(link, generation) => (link, generation),
+            Link::Failed => {
                 pause(dev, 1000);
                 continue;
             }
-        }
+            Link::Stopping => break,
+        };
         let why = loop {
             let r = match recv_msg(&*link, &mut buf, &lim, &stop) {
                 Ok(Message::Ack { seq, kind }) => match kind {
@@ -197,16 +221,11 @@ pub(crate) fn secondary_listen(l: &Arc<Listener>) {
             }
             Err(_) => continue,
         }
-        let Ok(tcp) = Tcp::new(sock) else { continue };
-        let link: Arc<dyn Transport> = tcp;
-        let Some(generation) = dev.attach(link.clone()) else { break };
-        match dev.handshake(&*link, &mut buf, &lim) {
-            Ok(small) => dev.established(generation, small),
-            Err(why) => {
-                dev.connection_lost(generation, why);
-                continue;
-            }
-        }
+        let (link, generation) = match dev.bring_up(sock, &mut buf, &lim) {
+            Link::Up(link, generation) => (link, generation),
+            Link::Failed => continue,
+            Link::Stopping => break,
+        };
         let why = serve(dev, &*link, &mut buf, &lim);
         dev.connection_lost(generation, why);
     }
