@@ -46,19 +46,7 @@ fn run_range(lo: u64, hi: u64, bugs: Bugs) -> Result<Stats, (u64, String)> {
     for seed in lo..hi {
         let (r, _) = World::new(seed, bugs, false).run();
         let s = r.map_err(|e| (seed, e))?;
-        tot.writes += s.writes;
-        tot.completed += s.completed;
-        tot.copied += s.copied;
-        tot.marked += s.marked;
-        tot.replayed += s.replayed;
-        tot.drained += s.drained;
-        tot.outages += s.outages;
-        tot.split_brains += s.split_brains;
-        tot.sb_injected += s.sb_injected;
-        tot.full_syncs += s.full_syncs;
-        tot.crashes += s.crashes;
-        tot.resyncs += s.resyncs;
-        tot.end_ms = tot.end_ms.max(s.end_ms);
+        tot.merge(&s);
     }
     Ok(tot)
 }
@@ -81,19 +69,7 @@ fn many_seeds() {
     let mut first_fail: Option<(u64, String)> = None;
     for h in handles {
         match h.join().unwrap() {
-            Ok(s) => {
-                tot.writes += s.writes;
-                tot.copied += s.copied;
-                tot.marked += s.marked;
-                tot.replayed += s.replayed;
-                tot.drained += s.drained;
-                tot.outages += s.outages;
-                tot.split_brains += s.split_brains;
-                tot.sb_injected += s.sb_injected;
-                tot.full_syncs += s.full_syncs;
-                tot.crashes += s.crashes;
-                tot.resyncs += s.resyncs;
-            }
+            Ok(s) => tot.merge(&s),
             Err((seed, e)) => {
                 if first_fail.as_ref().is_none_or(|f| seed < f.0) {
                     first_fail = Some((seed, e));

@@ -83,6 +83,25 @@ pub struct Stats {
     pub end_ms: u64,
 }
 
+impl Stats {
+    /// Adds another run's counters to these (`end_ms` is the latest of the two).
+    pub fn merge(&mut self, s: &Stats) {
+        self.writes += s.writes;
+        self.completed += s.completed;
+        self.copied += s.copied;
+        self.marked += s.marked;
+        self.replayed += s.replayed;
+        self.drained += s.drained;
+        self.outages += s.outages;
+        self.split_brains += s.split_brains;
+        self.sb_injected += s.sb_injected;
+        self.full_syncs += s.full_syncs;
+        self.crashes += s.crashes;
+        self.resyncs += s.resyncs;
+        self.end_ms = self.end_ms.max(s.end_ms);
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Msg {
     Ping,
