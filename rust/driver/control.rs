@@ -6,7 +6,7 @@
 //! the buffer (`EINVAL` with a kernel message naming the problem).
 
 use crate::bindings::{capable_sys_admin, global::DEVICES, net::SockAddr};
-use crate::device::{Config, Device, Entry, Role};
+use crate::device::{Config, Device, Entry};
 use crate::rcore::abi::{self, status, Cmd, Name};
 use crate::rcore::state::protocol::Protocol;
 use crate::rcore::table;
@@ -225,7 +225,6 @@ impl Device {
         w.field(status::ACKS, s.acks.load(Relaxed))?;
         w.field(status::OUT_OF_SYNC, s.out_of_sync.load(Relaxed))?;
         w.field(status::INFLIGHT, s.inflight.load(Relaxed))?;
-        let _ = Role::Primary;
         Ok(())
     }
 }

@@ -284,9 +284,9 @@ impl Entry {
         let dev = self.dev.clone();
         dev.stop();
         self.threads.clear(); // kthread_stop() each, waiting for them to exit
-        if let Some(gen) = { let c = dev.conn.lock(); c.link.as_ref().map(|_| c.generation) } {
-            dev.connection_lost(gen, "device removed");
-        }
+        // Finishes whatever the threads left queued (a no-op without a live link).
+        let generation = dev.conn.lock().generation;
+        dev.connection_lost(generation, "device removed");
         while dev.stats.inflight.load(Ordering::Acquire) != 0 {
             crate::bindings::thread::sleep_ms(10);
         }

@@ -73,6 +73,16 @@ def pair(request):
         yield p
 
 
+@pytest.fixture
+def clean_pair(pair):
+    """Each test starts from, and leaves, unloaded modules and nothing mounted (modules opt in with
+    `pytestmark = pytest.mark.usefixtures("clean_pair")`)."""
+    from helpers import reset_pair
+    reset_pair(pair)
+    yield
+    reset_pair(pair)
+
+
 @pytest.fixture(autouse=True)
 def _log_check(request):
     """Mark each test's start and end in the guests' kernel logs and fail the test (at teardown) if a

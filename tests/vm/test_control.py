@@ -7,15 +7,10 @@ import re
 import pytest
 
 from helpers import (CTL, KO, S, DISK_SECTORS, connect_pair, create, dmesg_during, expect_error, load, loaded, q,
-                     remove, reset_pair, status, sysfs_write, table)
+                     remove, status, sysfs_write, table)
 
 
-@pytest.fixture(autouse=True)
-def clean(pair):
-    """Each test starts from, and leaves, unloaded modules and nothing mounted."""
-    reset_pair(pair)
-    yield
-    reset_pair(pair)
+pytestmark = pytest.mark.usefixtures("clean_pair")
 
 
 def test_load_unload_cycles(pair):

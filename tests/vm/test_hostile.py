@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from helpers import CTL, S, PORT, create, load, q, reset_pair, status, wait_cstate
+from helpers import CTL, S, PORT, create, load, q, status, wait_cstate
 
 MAGIC, VERSION = 0x4D52, 1
 HANDSHAKE, SMALL_WRITE, WRITE_NOTIFY = 0x01, 0x02, 0x03
@@ -41,14 +41,11 @@ def write_notify(seq, length):
 
 
 @pytest.fixture(autouse=True)
-def secondary(pair):
-    reset_pair(pair)
+def secondary(pair, clean_pair):
     b = pair.beta
     b.ok(f"dd if=/dev/zero of=/dev/vdb bs=1M count=2 seek=1 oflag=direct 2>/dev/null")
     load(b)
     create(b, "secondary")
-    yield
-    reset_pair(pair)
 
 
 def target_md5(vm):

@@ -11,16 +11,12 @@ import time
 
 import pytest
 
-from helpers import CTL, PORT, connect_pair, load, remove, reset_pair, status
+from helpers import CTL, PORT, connect_pair, load, remove, status
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
 
 
-@pytest.fixture(autouse=True)
-def clean(pair):
-    reset_pair(pair)
-    yield
-    reset_pair(pair)
+pytestmark = pytest.mark.usefixtures("clean_pair")
 
 
 def kmemleak_available(vm):

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from helpers import S, connect_pair, remove, reset_pair, status
+from helpers import S, connect_pair, remove, status
 
 # Mixed sizes: 4 KiB writes take the inline (small-write) path (inline_max defaults to 4096), 128 KiB ones
 # the long path; randommap (fio's default) means no block is written twice, so verify is exact.
@@ -14,12 +14,7 @@ FIO = ("fio --name=mirror --filename=/dev/rmirror0 --ioengine=libaio --direct=1 
        "--verify_fatal=1 --do_verify=1 --randrepeat=0 --output-format=terse --terse-version=3")
 
 
-@pytest.fixture(autouse=True)
-def clean(pair):
-    """Each test starts from, and leaves, unloaded modules and nothing mounted."""
-    reset_pair(pair)
-    yield
-    reset_pair(pair)
+pytestmark = pytest.mark.usefixtures("clean_pair")
 
 
 def md5_first(vm, sectors):

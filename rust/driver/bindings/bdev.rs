@@ -17,13 +17,13 @@ const BLK_OPEN_EXCL: u32 = 1 << 2;
 /// # Invariants
 ///
 /// `file` is a block device file returned by `bdev_file_open_by_path` and not yet released;
-/// `bdev` is `file_bdev(file)`, valid as long as `file` is open; `holder` is the exclusive-open
+/// `bdev` is `file_bdev(file)`, valid as long as `file` is open; `_holder` is the exclusive-open
 /// holder identity, unique to this open (so two devices cannot claim one disk), freed after
 /// `file`.
 pub(crate) struct BackingDev {
     file: NonNull<bindings::file>,
     bdev: NonNull<bindings::block_device>,
-    holder: KBox<u8>,
+    _holder: KBox<u8>,
 }
 
 // SAFETY: the opened file and block device may be used and released from any thread.
@@ -49,7 +49,7 @@ impl BackingDev {
         // SAFETY: `file` is a block device file we just opened.
         let bdev = NonNull::new(unsafe { bindings::file_bdev(file.as_ptr()) }).ok_or(EINVAL)?;
         // INVARIANT: both pointers come from a successful open.
-        Ok(Self { file, bdev, holder })
+        Ok(Self { file, bdev, _holder: holder })
     }
 
     /// Raw block device pointer, for the other wrappers of this layer.
@@ -84,7 +84,6 @@ impl Drop for BackingDev {
     fn drop(&mut self) {
         // SAFETY: `file` is open by the type invariant and released exactly once here.
         unsafe { bindings::bdev_fput(self.file.as_ptr()) };
-        // `holder` is freed after this, once the claim is gone.
-        let _ = &self.holder;
+        // `_holder` is freed after this (fields drop after `drop`), once the claim is gone.
     }
 }

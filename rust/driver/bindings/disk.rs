@@ -20,10 +20,10 @@ use kernel::sync::{Arc, ArcBorrow};
 /// # Invariants
 ///
 /// `disk` was returned by a successful `rmirror_disk_create` (allocated and added) and is torn
-/// down only in `drop`; its `private_data` points to `*dev`, kept alive by `dev`.
+/// down only in `drop`; its `private_data` points to `*dev`, kept alive by `_dev`.
 pub(crate) struct Disk {
     disk: NonNull<bindings::gendisk>,
-    dev: Arc<Device>,
+    _dev: Arc<Device>,
 }
 
 // SAFETY: gendisk teardown may happen from any thread.
@@ -53,7 +53,7 @@ impl Disk {
         })?;
         // INVARIANT: a successful create returns an added disk whose private data is `dev`.
         let disk = NonNull::new(disk).ok_or(ENOMEM)?;
-        Ok(Disk { disk, dev })
+        Ok(Disk { disk, _dev: dev })
     }
 
     /// Refuses (`EBUSY`) if the disk is open; otherwise marks the device so no new open succeeds.
@@ -65,10 +65,9 @@ impl Disk {
 
 impl Drop for Disk {
     fn drop(&mut self) {
-        // SAFETY: live by the type invariant, torn down exactly once; `self.dev` is released
-        // after this, when no callback can run any more.
+        // SAFETY: live by the type invariant, torn down exactly once; `self._dev` is released
+        // after this (fields drop after `drop`), when no callback can run any more.
         unsafe { ffi::rmirror_disk_destroy(self.disk.as_ptr()) };
-        let _ = &self.dev;
     }
 }
 
