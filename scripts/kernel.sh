@@ -4,7 +4,7 @@
 # build the small Rust-enabled test kernel from scripts/kernel.config.
 #   scripts/kernel.sh            build if needed, print the build directory (KDIR) on stdout
 #   RMIRROR_KERNEL_REFRESH=1     look for a newer source package instead of reusing the cached one
-# The build is cached in $RMIRROR_CACHE/kernel/<source version>-<config hash>-<rustc hash>.
+# The build is cached in $RMIRROR_CACHE/kernel/<source version>-<config hash>-<rustc + LLVM hash>.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 FRAG="$RMIRROR_TOP/scripts/kernel.config"
@@ -46,7 +46,8 @@ if [ ! -f "$KSRC/Makefile" ]; then
     mv "$KSRC.tmp/linux-source-7.2" "$KSRC" && rm -rf "$KSRC.tmp"
 fi
 
-key="$ver-$(sha256sum "$FRAG" | cut -c1-12)-$(rustc --version | sha256sum | cut -c1-8)"
+# The key hashes the fragment's settings only (CONFIG_ lines and "# CONFIG_... is not set"), not its comments.
+key="$ver-$(grep -E '^(CONFIG_|# CONFIG_.* is not set)' "$FRAG" | sha256sum | cut -c1-12)-$(printf '%s %s' "$(rustc --version)" "$LLVM" | sha256sum | cut -c1-8)"
 KDIR="$RMIRROR_CACHE/kernel/$key"
 if [ ! -f "$KDIR/.rmirror-built" ]; then
     log "building kernel $key (about 15 minutes on 2 cores); log: $KDIR/build.log"
@@ -67,7 +68,8 @@ if [ ! -f "$KDIR/.rmirror-built" ]; then
     while read -r l; do
         case "$l" in
             CONFIG_*=*) grep -qx "$l" "$KDIR/.config" || { log "config lost: $l"; lost=1; } ;;
-            "# CONFIG_"*" is not set") ! grep -q "^${l#\# }" "$KDIR/.config" || true ;;
+            "# CONFIG_"*" is not set") o=${l#\# }; o=${o%% *}
+                if grep -q "^$o=" "$KDIR/.config"; then log "config option came back: $o"; lost=1; fi ;;
         esac
     done < "$FRAG"
     [ $lost = 0 ] || die "kernel config fragment did not survive olddefconfig (see above)"

@@ -6,7 +6,7 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils kmod dwarves python3
-      rustc-web rust-web-src cargo-web clang-19 libclang-19-dev
+      rustc-web rust-web-src cargo-web clang-19 libclang-19-dev lld-19 llvm-19
       busybox-static qemu-system-x86 qemu-utils e2fsprogs fio iproute2 iptables dmsetup util-linux
       python3-pytest netbase)
 

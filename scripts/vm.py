@@ -9,17 +9,19 @@ Library (python3 stdlib only)::
         out = p.beta.ok("ip addr show eth0")          # raises CommandFailed on a non-zero exit
         text = p.dmesg("alpha")                        # the guest's kernel log (its serial console)
 
-Each guest (QEMU TCG; RMIRROR_KVM=1 to use KVM where it works) gets:
+Each guest (QEMU TCG; RMIRROR_KVM=1 to use KVM where it works) gets 2 vCPUs and 1024 MiB (Pair(smp=, mem=);
+RMIRROR_SMP for the CLI and the tests) and:
   vda  the shared root file system image (scripts/rootfs.sh), read-only
   vdb  its own backing disk, a fresh sparse raw file per Pair (default 256 MiB)
   vdc  the "payload" image (ext4, read-only, mounted at /p): the files given to Pair
   eth0 virtio-net, linked to the other guest by a QEMU socket network on 127.0.0.1 only;
        alpha is 10.99.0.1/24, beta 10.99.0.2/24
-  ttyS0 the kernel console (console=ttyS0 loglevel=7), written to <workdir>/<name>.console.log
+  ttyS0 the kernel console (console=ttyS0 loglevel=8: every level), written to <workdir>/<name>.console.log
   a virtio-serial port "rmirror.agent" to a host unix socket, served in the guest by /sbin/rmirror-agent
 At exit the guests are powered off (sync; poweroff -f; hard kill after a grace period) and their kernel logs
-are scanned: any line with BUG:, WARNING:, Oops, KASAN, general protection fault or Kernel panic makes the
-Pair raise LogScanError listing the lines.
+are scanned: any line with BUG:, WARNING:, Oops, general protection fault, Kernel panic, KASAN:, a lockdep,
+atomic-sleep or ODEBUG: report, or lockdep switching itself off (LOG_PATTERNS) makes the Pair raise
+LogScanError listing the lines.
 
 CLI::
 
@@ -50,8 +52,40 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("RMIRROR_CACHE", "/var/cache/rmirror")
 DEFAULT_KERNEL = os.path.join(CACHE, "kernel/current/arch/x86/boot/bzImage")
 
-#: Substrings of a kernel log line that fail a run.
-LOG_PATTERNS = ("BUG:", "WARNING:", "Oops", "KASAN", "general protection fault", "Kernel panic")
+#: Substrings of a kernel log line that fail a run (case-sensitive). Each splat of the test kernel's debug
+#: options (scripts/kernel.config) has a first line that matches; the strings are the kernel's own formats
+#: (7.2 source). The generic "BUG:"/"WARNING:" already catch most of them; the specific strings name each
+#: class and still match if the prefix is lost (a line cut or interleaved by another CPU).
+LOG_PATTERNS = (
+    # BUG()/BUG_ON(), WARN*() (also most lockdep splats: "WARNING: possible ... detected"), oopses, panics
+    "BUG:", "WARNING:", "Oops", "general protection fault", "Kernel panic",
+    # KASAN (mm/kasan/report.c): "BUG: KASAN: use-after-free in f+0x1/0x2", and for a wild pointer
+    # "KASAN: null-ptr-deref in range [...]". Not a bare "KASAN", which would match any mention of it; the
+    # boot line "KernelAddressSanitizer initialized (generic)" matches neither.
+    "KASAN:",
+    # lockdep (kernel/locking/lockdep.c), after "WARNING: " or between "[ BUG: ... ]"
+    "possible circular locking dependency", "possible recursive locking", "inconsistent lock state",
+    "possible irq lock inversion", "lock order detected",            # "...: HARDIRQ-safe -> HARDIRQ-unsafe ..."
+    "suspicious RCU usage", "Invalid wait context", "bad unlock balance", "held lock freed",
+    "still has locks held", "Nested lock was not taken", "bad contention detected", "chain_key collision",
+    "DEBUG_LOCKS_WARN_ON",
+    # lockdep switching itself off (some of these lines are KERN_DEBUG: the console gets them with loglevel=8)
+    "turning off the locking correctness validator", "trying to register non-static key",
+    "Disabling lock debugging due to kernel taint",
+    # DEBUG_ATOMIC_SLEEP (kernel/sched/core.c)
+    "sleeping function called from invalid context", "scheduling while atomic",
+    # DEBUG_OBJECTS (lib/debugobjects.c, pr_fmt "ODEBUG: "): "ODEBUG: free active (active state 0) object: ..."
+    "ODEBUG:",
+)
+
+
+def log_problem(line, ignored=()):
+    """The first LOG_PATTERNS string in kernel log `line`, or None (also if the line contains one of the
+    `ignored` substrings)."""
+    for p in LOG_PATTERNS:
+        if p in line:
+            return None if any(t in line for t in ignored) else p
+    return None
 
 #: The two guests: name -> (IPv4 address/prefix, MAC address).
 GUESTS = {
@@ -59,8 +93,14 @@ GUESTS = {
     "beta": ("10.99.0.2/24", "52:54:00:99:00:02"),
 }
 
-#: Seconds allowed for a guest to boot to a working agent (TCG boots in well under 10 s).
-BOOT_TIMEOUT = float(os.environ.get("RMIRROR_BOOT_TIMEOUT", "120"))
+#: vCPUs and MiB of RAM per guest. The test kernel runs lockdep and generic KASAN (which keeps 1/8 of RAM
+#: as shadow and pads every slab object): 1024 MiB leaves room for fio and tmpfs files.
+DEFAULT_SMP = 2
+DEFAULT_MEM = 1024
+
+#: Seconds allowed for a guest to boot to a working agent (the debug kernel under TCG: 20-80 s, see
+#: Documentation/architecture.rst).
+BOOT_TIMEOUT = float(os.environ.get("RMIRROR_BOOT_TIMEOUT", "300"))
 
 
 class GuestError(Exception):
@@ -81,7 +121,7 @@ class CommandTimeout(GuestError):
 
 
 class LogScanError(AssertionError):
-    """A guest kernel log contains BUG:/WARNING:/Oops/... lines."""
+    """A guest kernel log contains BUG:/WARNING:/Oops/KASAN:/lockdep/... lines (LOG_PATTERNS)."""
 
 
 def log(msg):
@@ -150,7 +190,8 @@ def make_ext4_image(path, files, label="payload"):
 class Vm:
     """One QEMU guest with a command agent."""
 
-    def __init__(self, name, workdir, kernel, rootfs, payload, disk, netdev, smp=1, mem=512, append=""):
+    def __init__(self, name, workdir, kernel, rootfs, payload, disk, netdev, smp=DEFAULT_SMP, mem=DEFAULT_MEM,
+                 append=""):
         self.name = name
         self.workdir = workdir
         self.kernel, self.rootfs, self.payload, self.disk = kernel, rootfs, payload, disk
@@ -173,8 +214,14 @@ class Vm:
     def qemu_argv(self):
         ip, mac = GUESTS[self.name]
         kvm = os.environ.get("RMIRROR_KVM") == "1"
-        append = (f"console=ttyS0 loglevel=7 no_timer_check printk.devkmsg=on root=/dev/vda ro rootfstype=ext4 "
-                  f"init=/init panic=-1 rmirror.host={self.name} rmirror.ip={ip} {self.append}").strip()
+        # pci=noacpi: no ACPI _PRT evaluation for PCI interrupt routing (virtio uses MSI-X anyway). Under TCG
+        # with lockdep and KASAN, and the host's two cores shared by four vCPUs, QEMU's _PRT loop ran into
+        # ACPICA's 30 s loop timeout ("AE_AML_LOOP_TIMEOUT") once per device, and boots took minutes.
+        # loglevel=8: KERN_DEBUG reaches the console too (lockdep's "BUG: MAX_LOCKDEP_ENTRIES too low!" and
+        # "turning off the locking correctness validator." are KERN_DEBUG); a boot prints 16 such lines.
+        append = (f"console=ttyS0 loglevel=8 no_timer_check printk.devkmsg=on pci=noacpi root=/dev/vda ro "
+                  f"rootfstype=ext4 init=/init panic=-1 rmirror.host={self.name} rmirror.ip={ip} "
+                  f"{self.append}").strip()
         argv = ["qemu-system-x86_64",
                 "-accel", "kvm" if kvm else "tcg",
                 "-cpu", "host" if kvm else os.environ.get("RMIRROR_CPU", "qemu64"),
@@ -227,26 +274,38 @@ class Vm:
             return ""
 
     def wait_ready(self, timeout=BOOT_TIMEOUT):
-        """Ping the agent until it answers; records boot_seconds (QEMU start to first answer)."""
+        """Ping the agent until it answers; records boot_seconds (QEMU start to first answer).
+
+        A ping sent before the agent runs waits in the serial port and is then run like any command, in
+        order. So pings go out every 10 s until init's "rmirror-init: up" line is on the console and every
+        0.5 s after that, and once one is answered a last one is awaited: a debug kernel under TCG can take
+        a minute to boot, and the first real command must not queue behind a hundred stale pings."""
         deadline = time.monotonic() + timeout
         pings = set()
         next_ping = 0.0
-        while True:
+        init_up = False
+        while self.boot_seconds is None or pings:
             now = time.monotonic()
             if now > deadline:
                 self.broken = "did not boot"
                 raise GuestError(f"{self.name}: no agent answer after {timeout:.0f}s; console tail:\n"
                                  + self.tail())
             if now >= next_ping:
+                init_up = init_up or "rmirror-init: up" in self.dmesg()
                 pings.add(self._send("echo ready", 10))
-                next_ping = now + 0.5
+                next_ping = now + (0.5 if init_up else 10.0)
             line = self._readline(min(deadline, next_ping))
             if line is None:
                 continue
             parts = line.split(b" ")
             if len(parts) >= 2 and parts[0] == b"RMR" and parts[1].isdigit() and int(parts[1]) in pings:
-                self.boot_seconds = time.monotonic() - self.t0
-                return self.boot_seconds
+                if self.boot_seconds is None:
+                    self.boot_seconds = time.monotonic() - self.t0
+                    pings = {self._send("true", 10)}     # answered after every ping sent before it
+                    next_ping = deadline = time.monotonic() + timeout
+                else:
+                    pings.clear()
+        return self.boot_seconds
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -381,8 +440,7 @@ class Vm:
         text = self.dmesg()
         data = text.encode()
         chunk = data[start:].decode(errors="replace")
-        bad = [ln for ln in chunk.splitlines()
-               if any(p in ln for p in LOG_PATTERNS) and not any(t in ln for t in self.ignored)]
+        bad = [ln for ln in chunk.splitlines() if log_problem(ln, self.ignored)]
         return len(data), bad
 
     def new_log_problems(self):
@@ -400,8 +458,8 @@ class Pair:
     """The two guests, alpha and beta, as a context manager. `payload` maps guest paths under /p to host
     files (or to bytes/str contents)."""
 
-    def __init__(self, kernel, rootfs, payload=None, workdir=None, disk_mib=256, smp=1, mem=512, append="",
-                 keep=None):
+    def __init__(self, kernel, rootfs, payload=None, workdir=None, disk_mib=256, smp=DEFAULT_SMP,
+                 mem=DEFAULT_MEM, append="", keep=None):
         self.kernel, self.rootfs = kernel, rootfs
         self.payload_files = dict(payload or {})
         self.disk_mib, self.smp, self.mem, self.append = disk_mib, smp, mem, append
@@ -688,7 +746,8 @@ def main():
         sp.add_argument("--rootfs")
         sp.add_argument("--module")
         sp.add_argument("--tool")
-        sp.add_argument("--smp", type=int, default=int(os.environ.get("RMIRROR_SMP", "1")))
+        sp.add_argument("--smp", type=int, default=int(os.environ.get("RMIRROR_SMP", DEFAULT_SMP)),
+                        help=f"vCPUs per guest (default RMIRROR_SMP or {DEFAULT_SMP})")
         sp.set_defaults(fn=fn)
     args = ap.parse_args()
     try:

@@ -5,85 +5,104 @@
 //! Every ioctl checks `CAP_SYS_ADMIN` first (`EPERM`), then the command number (`ENOTTY`), then
 //! the buffer (`EINVAL` with a kernel message naming the problem).
 
-use crate::bindings::{capable_sys_admin, global::DEVICES, net::SockAddr};
+use crate::bindings::{capable_sys_admin, misc::ControlOps, net::SockAddr};
 use crate::device::{Config, Device, Entry};
 use crate::rcore::abi::{self, status, Cmd, Name};
 use crate::rcore::state::protocol::Protocol;
 use crate::rcore::table;
 use core::fmt::Write;
-use kernel::fs::File;
-use kernel::miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration};
 use kernel::prelude::*;
 use kernel::str::CString;
+use kernel::sync::{new_mutex, Mutex};
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// Most devices per node (also the range of minors `/dev/rmirror0..15`).
 pub(crate) const MAX_DEVICES: usize = 16;
 
-/// All devices, by slot (slot = index N of `/dev/rmirrorN`).
+/// A registry slot (slot = index N of `/dev/rmirrorN`).
+enum Slot {
+    Free,
+    /// Being created or torn down (outside the registry lock): the name and minor are taken.
+    Busy(Name),
+    Live(Entry),
+}
+
+/// All devices, by slot. The lock is held only to look up, reserve and release slots, never
+/// while a device is created or torn down, so one slow device (a hung backing disk, a peer that
+/// does not answer) does not hold up control operations on the others.
 pub(crate) struct Registry {
-    slots: [Option<Entry>; MAX_DEVICES],
+    slots: [Slot; MAX_DEVICES],
 }
 
 impl Registry {
-    /// An empty registry (const, for the global lock).
-    pub(crate) const fn new() -> Self {
-        Registry { slots: [const { None }; MAX_DEVICES] }
-    }
-
-    fn find(&self, name: &[u8]) -> Option<usize> {
+    /// The live device named `name`.
+    fn live(&self, name: &[u8]) -> Result<&Entry> {
         self.slots
             .iter()
-            .position(|s| s.as_ref().is_some_and(|e| e.dev.cfg.name.to_bytes() == name))
+            .find_map(|s| match s {
+                Slot::Live(e) if e.dev.cfg.name.to_bytes() == name => Some(e),
+                _ => None,
+            })
+            .ok_or(ENXIO)
+    }
+
+    fn taken(&self, name: &Name) -> bool {
+        self.slots.iter().any(|s| match s {
+            Slot::Live(e) => e.dev.cfg.name.to_bytes() == name.as_bytes(),
+            Slot::Busy(n) => n == name,
+            Slot::Free => false,
+        })
     }
 }
 
-/// Initializes the registry (module init).
-pub(crate) fn init_registry() {
-    crate::bindings::global::init();
+/// The control device's data: the registry.
+#[pin_data]
+pub(crate) struct Control {
+    #[pin]
+    registry: Mutex<Registry>,
 }
 
-/// The registered control device.
-pub(crate) type Registration = MiscDeviceRegistration<Control>;
+impl Control {
+    /// An empty registry.
+    pub(crate) fn new() -> impl PinInit<Self, Error> {
+        try_pin_init!(Control {
+            registry <- new_mutex!(Registry { slots: [const { Slot::Free }; MAX_DEVICES] }),
+        }? Error)
+    }
 
-/// Registers `/dev/rmirror-control`.
-pub(crate) fn register() -> impl PinInit<Registration, Error> {
-    MiscDeviceRegistration::register(MiscDeviceOptions { name: c"rmirror-control" })
-}
-
-/// Tears down every device (module exit).
-pub(crate) fn remove_all() {
-    let mut reg = DEVICES.lock();
-    for slot in reg.slots.iter_mut() {
-        if let Some(e) = slot.take() {
-            // Cannot be open (an open disk pins the module); marks it so no open can start.
+    /// Tears down every device (module exit; none can be open: an open disk pins the module).
+    pub(crate) fn remove_all(&self) {
+        for i in 0..MAX_DEVICES {
+            let e = {
+                let mut reg = self.registry.lock();
+                match core::mem::replace(&mut reg.slots[i], Slot::Free) {
+                    Slot::Live(e) => e,
+                    other => {
+                        reg.slots[i] = other;
+                        continue;
+                    }
+                }
+            };
+            // Marks it so that no open can start.
             let _ = e.begin_remove();
             e.teardown();
         }
     }
 }
 
-/// An open file of the control device (no per-file state).
-pub(crate) struct Control;
-
-#[vtable]
-impl MiscDevice for Control {
-    type Ptr = KBox<Self>;
-
-    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
-        Ok(KBox::new(Control, GFP_KERNEL)?)
-    }
-
-    fn ioctl(_me: &Control, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+impl ControlOps for Control {
+    /// Checks the command number first (`ENOTTY`, as device-mapper does), then
+    /// `CAP_SYS_ADMIN` (`EPERM`), then the buffer (`EINVAL` with a kernel message).
+    fn ioctl(&self, cmd: u32, arg: usize) -> Result<isize> {
+        let c = Cmd::from_request(cmd).ok_or(ENOTTY)?;
         if !capable_sys_admin() {
             return Err(EPERM);
         }
-        let c = Cmd::from_request(cmd).ok_or(ENOTTY)?;
         let mut buf = KVec::from_elem(0u8, abi::BUF_LEN, GFP_KERNEL)?;
         let (mut reader, mut writer) = UserSlice::new(UserPtr::from_addr(arg), abi::BUF_LEN).reader_writer();
         reader.read_slice(&mut buf)?;
         let buf: &mut [u8; abi::BUF_LEN] = buf.as_mut_slice().try_into().map_err(|_| EINVAL)?;
-        handle(c, buf)?;
+        self.handle(c, buf)?;
         writer.write_slice(buf)?;
         Ok(0)
     }
@@ -94,113 +113,144 @@ fn bad(what: &str, why: &str) -> Error {
     EINVAL
 }
 
-fn handle(c: Cmd, buf: &mut [u8; abi::BUF_LEN]) -> Result {
-    let req = abi::Request::decode(buf).map_err(|e| bad(c.as_str(), e.as_str()))?;
-    let name = if c.takes_name() {
-        Some(req.name_owned().map_err(|e| bad(c.as_str(), e.as_str()))?)
-    } else {
-        None
-    };
-    let name = name.as_ref();
-    let reply = |buf: &mut [u8; abi::BUF_LEN], minor: u32, f: &dyn Fn(&mut abi::TextWriter<'_>) -> core::fmt::Result| {
-        let mut w = abi::TextWriter::new(abi::reply_area(buf));
-        f(&mut w).map_err(|_| ENOSPC)?;
-        let n = w.len();
-        abi::finish_reply(buf, minor, n).map_err(|_| ENOSPC)
-    };
-    match (c, name) {
-        (Cmd::Version, _) => reply(buf, 0, &|w| {
-            write!(w, "rmirror {} abi {} wire {}", crate::VERSION, abi::ABI_VERSION, crate::rcore::wire::VERSION)
-        }),
-        (Cmd::Create, Some(name)) => {
-            let line = req.data_str().map_err(|e| bad(name.as_str(), e.as_str()))?;
-            let minor = create(name, line)?;
-            reply(buf, minor, &|w| write!(w, "/dev/rmirror{}", minor))
-        }
-        (Cmd::Remove, Some(name)) => {
-            remove(name)?;
-            reply(buf, 0, &|_| Ok(()))
-        }
-        (Cmd::Status, Some(name)) => {
-            let reg = DEVICES.lock();
-            let e = reg.slots[reg.find(name.as_bytes()).ok_or(ENXIO)?].as_ref().ok_or(ENXIO)?;
-            let minor = e.dev.cfg.index;
-            let mut w = status::Writer::new(abi::reply_area(buf));
-            e.dev.write_status(&mut w).map_err(|_| ENOSPC)?;
+impl Control {
+    fn handle(&self, c: Cmd, buf: &mut [u8; abi::BUF_LEN]) -> Result {
+        let req = abi::Request::decode(buf).map_err(|e| bad(c.as_str(), e.as_str()))?;
+        let name = if c.takes_name() {
+            Some(req.name_owned().map_err(|e| bad(c.as_str(), e.as_str()))?)
+        } else {
+            None
+        };
+        let name = name.as_ref();
+        let reply = |buf: &mut [u8; abi::BUF_LEN], minor: u32, f: &dyn Fn(&mut abi::TextWriter<'_>) -> core::fmt::Result| {
+            let mut w = abi::TextWriter::new(abi::reply_area(buf));
+            f(&mut w).map_err(|_| ENOSPC)?;
             let n = w.len();
             abi::finish_reply(buf, minor, n).map_err(|_| ENOSPC)
+        };
+        match (c, name) {
+            (Cmd::Version, _) => reply(buf, 0, &|w| {
+                write!(w, "rmirror {} abi {} wire {}", crate::VERSION, abi::ABI_VERSION, crate::rcore::wire::VERSION)
+            }),
+            (Cmd::Create, Some(name)) => {
+                let line = req.data_str().map_err(|e| bad(name.as_str(), e.as_str()))?;
+                let minor = self.create(name, line)?;
+                reply(buf, minor, &|w| write!(w, "/dev/rmirror{}", minor))
+            }
+            (Cmd::Remove, Some(name)) => {
+                self.remove(name)?;
+                reply(buf, 0, &|_| Ok(()))
+            }
+            (Cmd::Status, Some(name)) => {
+                let reg = self.registry.lock();
+                let e = reg.live(name.as_bytes())?;
+                let minor = e.dev.cfg.index;
+                let mut w = status::Writer::new(abi::reply_area(buf));
+                e.dev.write_status(&mut w).map_err(|_| ENOSPC)?;
+                let n = w.len();
+                abi::finish_reply(buf, minor, n).map_err(|_| ENOSPC)
+            }
+            (Cmd::Table, Some(name)) => {
+                let reg = self.registry.lock();
+                let e = reg.live(name.as_bytes())?;
+                let minor = e.dev.cfg.index;
+                abi::write_reply(buf, minor, &e.dev.cfg.table).map_err(|_| ENOSPC)
+            }
+            (Cmd::List, _) => {
+                let reg = self.registry.lock();
+                reply(buf, 0, &|w| {
+                    for s in reg.slots.iter() {
+                        if let Slot::Live(e) = s {
+                            writeln!(w, "{}", e.dev.cfg.name.to_str().unwrap_or("?"))?;
+                        }
+                    }
+                    Ok(())
+                })
+            }
+            _ => Err(EINVAL),
         }
-        (Cmd::Table, Some(name)) => {
-            let reg = DEVICES.lock();
-            let e = reg.slots[reg.find(name.as_bytes()).ok_or(ENXIO)?].as_ref().ok_or(ENXIO)?;
-            let minor = e.dev.cfg.index;
-            abi::write_reply(buf, minor, &e.dev.cfg.table).map_err(|_| ENOSPC)
+    }
+
+    /// Creates device `name` from table `line` in a reserved slot (the registry lock is not held
+    /// while the device is set up).
+    fn create(&self, name: &Name, line: &str) -> Result<u32> {
+        let t = table::parse(line).map_err(|e| {
+            pr_err!("{}: table: {}\n", name.as_str(), e.as_str());
+            EINVAL
+        })?;
+        if t.protocol != table::Protocol::C {
+            pr_err!("{}: table: protocol {} is not supported yet (only C)\n", name.as_str(), t.protocol.as_str());
+            return Err(EINVAL);
         }
-        (Cmd::List, _) => {
-            let reg = DEVICES.lock();
-            reply(buf, 0, &|w| {
-                for e in reg.slots.iter().flatten() {
-                    writeln!(w, "{}", e.dev.cfg.name.to_str().unwrap_or("?"))?;
-                }
-                Ok(())
-            })
+        let mut canon = KVec::from_elem(0u8, table::LINE_MAX, GFP_KERNEL)?;
+        let n = t.write(&mut canon).map_err(|_| EINVAL)?;
+        canon.truncate(n);
+        let slot = {
+            let mut reg = self.registry.lock();
+            if reg.taken(name) {
+                pr_err!("{}: a device with this name exists\n", name.as_str());
+                return Err(EEXIST);
+            }
+            let slot = reg.slots.iter().position(|s| matches!(s, Slot::Free)).ok_or_else(|| {
+                pr_err!("{}: all {} device slots in use\n", name.as_str(), MAX_DEVICES);
+                ENOSPC
+            })?;
+            reg.slots[slot] = Slot::Busy(*name);
+            slot
+        };
+        let made = (|| {
+            let cfg = Config {
+                name: CString::try_from_fmt(fmt!("{}", name.as_str()))?,
+                index: slot as u32,
+                role: t.role,
+                local: addr(t.local),
+                peer: addr(t.peer),
+                protocol: Protocol::C,
+                backing_path: CString::try_from_fmt(fmt!("{}", t.backing))?,
+                sectors: t.len,
+                node_id: t.node_id,
+                table: canon,
+            };
+            Device::create(cfg, &t)
+        })();
+        let mut reg = self.registry.lock();
+        match made {
+            Ok(e) => {
+                reg.slots[slot] = Slot::Live(e);
+                Ok(slot as u32)
+            }
+            Err(err) => {
+                reg.slots[slot] = Slot::Free;
+                Err(err)
+            }
         }
-        _ => Err(EINVAL),
+    }
+
+    /// Removes device `name` (`EBUSY` while open); the teardown runs without the registry lock.
+    fn remove(&self, name: &Name) -> Result {
+        let (i, e) = {
+            let mut reg = self.registry.lock();
+            let i = reg
+                .slots
+                .iter()
+                .position(|s| matches!(s, Slot::Live(e) if e.dev.cfg.name.to_bytes() == name.as_bytes()))
+                .ok_or(ENXIO)?;
+            let Slot::Live(e) = core::mem::replace(&mut reg.slots[i], Slot::Busy(*name)) else { return Err(ENXIO) };
+            if let Err(err) = e.begin_remove() {
+                pr_err!("{}: cannot remove: device is open\n", name.as_str());
+                reg.slots[i] = Slot::Live(e);
+                return Err(err);
+            }
+            (i, e)
+        };
+        e.teardown();
+        self.registry.lock().slots[i] = Slot::Free;
+        Ok(())
     }
 }
 
 fn addr(a: table::SockAddr) -> SockAddr {
     SockAddr { ip: u32::from_be_bytes(a.ip), port: a.port }
-}
-
-fn create(name: &Name, line: &str) -> Result<u32> {
-    let t = table::parse(line).map_err(|e| {
-        pr_err!("{}: table: {}\n", name.as_str(), e.as_str());
-        EINVAL
-    })?;
-    if t.protocol != table::Protocol::C {
-        pr_err!("{}: table: protocol {} is not supported yet (only C)\n", name.as_str(), t.protocol.as_str());
-        return Err(EINVAL);
-    }
-    let mut reg = DEVICES.lock();
-    if reg.find(name.as_bytes()).is_some() {
-        pr_err!("{}: a device with this name exists\n", name.as_str());
-        return Err(EEXIST);
-    }
-    let slot = reg.slots.iter().position(|s| s.is_none()).ok_or_else(|| {
-        pr_err!("{}: all {} device slots in use\n", name.as_str(), MAX_DEVICES);
-        ENOSPC
-    })?;
-    let mut canon = KVec::from_elem(0u8, table::LINE_MAX, GFP_KERNEL)?;
-    let n = t.write(&mut canon).map_err(|_| EINVAL)?;
-    canon.truncate(n);
-    let cfg = Config {
-        name: CString::try_from_fmt(fmt!("{}", name.as_str()))?,
-        index: slot as u32,
-        role: t.role,
-        local: addr(t.local),
-        peer: addr(t.peer),
-        protocol: Protocol::C,
-        backing_path: CString::try_from_fmt(fmt!("{}", t.backing))?,
-        sectors: t.len,
-        node_id: t.node_id,
-        table: canon,
-    };
-    reg.slots[slot] = Some(Device::create(cfg, &t)?);
-    Ok(slot as u32)
-}
-
-fn remove(name: &Name) -> Result {
-    let mut reg = DEVICES.lock();
-    let i = reg.find(name.as_bytes()).ok_or(ENXIO)?;
-    let e = reg.slots[i].take().ok_or(ENXIO)?;
-    if let Err(err) = e.begin_remove() {
-        pr_err!("{}: cannot remove: device is open\n", name.as_str());
-        reg.slots[i] = Some(e);
-        return Err(err);
-    }
-    e.teardown();
-    Ok(())
 }
 
 impl Device {

@@ -1,23 +1,28 @@
 // SPDX-License-Identifier: GPL-2.0
-//! One replicated device: its configuration, connection state, counters and lifetime.
+//! One replicated device: its configuration, connection state, in-flight writes, counters and
+//! lifetime (creation, and a teardown that never leaves work behind).
 
-use crate::bindings::{bdev::BackingDev, bio::BioSet, disk::Disk, net::SockAddr, thread::Thread};
+use crate::bindings::bio::{Bio, BioSet, CloneRef};
+use crate::bindings::disk::{Disk, DiskOptions, Operations};
+use crate::bindings::sync::IrqSpinLock;
+use crate::bindings::{bdev::BackingDev, net::SockAddr, thread::Thread};
 use crate::rcore::table;
-use crate::request::Request;
+use crate::request::{PeerPart, Request};
 use crate::transport::Transport;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::str::CString;
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, Mutex};
 
-/// Most mirrored writes in flight (queued for the peer or awaiting its ack) per device.
+/// Most writes in flight per device (each holds an in-flight slot from submission until its
+/// bio completes): bounds the peer queues, and the overlap checks scan this many slots.
 pub(crate) const MAX_INFLIGHT: usize = 128;
 /// Largest bio we accept, in sectors (128 KiB): also the largest payload on the wire.
 pub(crate) const MAX_IO_SECTORS: u32 = 256;
 
 pub(crate) use crate::rcore::table::Role;
 
-/// Connection state as shown to users (DRBD's cstate, reduced for the skeleton).
+/// Connection state as shown to users (DRBD's cstate, reduced for now).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum CState {
     /// Not trying to connect (being torn down).
@@ -75,14 +80,62 @@ pub(crate) struct Conn {
     pub(crate) link: Option<Arc<dyn Transport>>,
     /// Incremented for every new connection, so a thread never tears down a newer one.
     pub(crate) generation: u64,
-    /// Writes waiting for the sender thread, in submission order.
-    pub(crate) send_queue: KVec<Arc<Request>>,
-    /// Writes sent and awaiting the peer's ack.
-    pub(crate) inflight: KVec<Arc<Request>>,
+    /// Writes waiting for the sender thread, in submission order. Each connection brings its
+    /// own queues, with room for [`MAX_INFLIGHT`] writes (see [`Queues`]); empty otherwise.
+    pub(crate) send_queue: KVec<CloneRef<Request>>,
+    /// Writes sent on this connection and awaiting the peer's ack.
+    pub(crate) inflight: KVec<CloneRef<Request>>,
     /// Both sides negotiated the small-write message.
     pub(crate) small_writes: bool,
     /// Set once at teardown: threads exit, nothing new is queued.
     pub(crate) stopping: bool,
+}
+
+/// The two queues of a new connection, allocated before it is installed.
+pub(crate) struct Queues {
+    send: KVec<CloneRef<Request>>,
+    inflight: KVec<CloneRef<Request>>,
+}
+
+impl Queues {
+    /// Room for every write that can be in flight.
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Queues {
+            send: KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?,
+            inflight: KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?,
+        })
+    }
+
+    /// Makes these the connection's queues (the old ones were emptied when it was lost).
+    pub(crate) fn install(self, c: &mut Conn) {
+        c.send_queue = self.send;
+        c.inflight = self.inflight;
+    }
+}
+
+/// In-flight slots: the sector range of every write from submission to completion. A write
+/// that overlaps one in flight waits for it to complete, so overlapping writes reach both
+/// disks in the same order (DRBD: `complete_conflicting_writes`); a write waits for a free slot
+/// too. Slots are freed from completions, which may run in interrupt context, hence the lock.
+pub(crate) struct Slots {
+    /// `[start, end)` in sectors (an empty range for a flush: it overlaps nothing).
+    ranges: [Option<(u64, u64)>; MAX_INFLIGHT],
+}
+
+impl Slots {
+    /// The index of a free slot if `start..end` overlaps no write in flight (an empty range,
+    /// a flush, overlaps nothing).
+    fn admit(&self, start: u64, end: u64) -> Option<usize> {
+        let mut free = None;
+        for (i, r) in self.ranges.iter().enumerate() {
+            match r {
+                Some((s, e)) if start < end && s < e && *s < end && start < *e => return None,
+                None if free.is_none() => free = Some(i),
+                _ => {}
+            }
+        }
+        free
+    }
 }
 
 /// A replicated device.
@@ -90,28 +143,35 @@ pub(crate) struct Conn {
 pub(crate) struct Device {
     pub(crate) cfg: Config,
     pub(crate) backing: BackingDev,
-    pub(crate) bioset: BioSet,
+    pub(crate) bioset: BioSet<Request>,
     pub(crate) stats: Stats,
     /// Small-write threshold in bytes (sysfs `inline_max`).
     pub(crate) inline_max: AtomicU32,
     seq: AtomicU32,
-    removing: AtomicBool,
     #[pin]
     pub(crate) conn: Mutex<Conn>,
     /// Signalled when the send queue gains work or the device stops.
     #[pin]
     pub(crate) work: CondVar,
-    /// Signalled when in-flight room frees up or the connection state changes.
     #[pin]
-    pub(crate) room: CondVar,
+    slots: IrqSpinLock<Slots>,
+    /// Signalled when a slot is freed.
+    #[pin]
+    slot_freed: CondVar,
 }
 
-/// Everything the registry keeps for a device, in teardown order (fields drop top to bottom:
-/// threads stop first, then the disk goes, then the device's last registry reference).
+/// Everything the registry keeps for a device. Dropping it tears the device down in order:
+/// threads stopped, queued writes finished without the peer, every clone freed, the disk
+/// deleted, then the registry's reference to the device.
 pub(crate) struct Entry {
     threads: KVec<Thread>,
-    disk: Option<Disk>,
+    disk: Option<Disk<Device>>,
     pub(crate) dev: Arc<Device>,
+}
+
+/// A thread name: `rmirror<minor>_<what>`.
+fn thread_name(index: u32, what: &str) -> Result<CString> {
+    CString::try_from_fmt(fmt!("rmirror{}_{}", index, what))
 }
 
 impl Device {
@@ -140,33 +200,45 @@ impl Device {
                 stats: Stats::default(),
                 inline_max: AtomicU32::new(t.inline_max),
                 seq: AtomicU32::new(1),
-                removing: AtomicBool::new(false),
                 conn <- new_mutex!(Conn {
                     cstate: CState::Connecting,
                     link: None,
                     generation: 0,
-                    send_queue: KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?,
-                    inflight: KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?,
+                    send_queue: KVec::new(),
+                    inflight: KVec::new(),
                     small_writes: false,
                     stopping: false,
                 }),
                 work <- new_condvar!(),
-                room <- new_condvar!(),
+                slots <- IrqSpinLock::new(Slots { ranges: [None; MAX_INFLIGHT] }, c"rmirror_slots", kernel::static_lock_class!()),
+                slot_freed <- new_condvar!(),
                 cfg,
             }? Error),
             GFP_KERNEL,
         )?;
-        let mut entry = Entry { threads: KVec::new(), disk: None, dev: dev.clone() };
-        entry.disk = Some(Disk::create(dev.clone(), dev.cfg.index, &dev.backing, dev.cfg.sectors, MAX_IO_SECTORS)?);
+        let mut entry = Entry { threads: KVec::with_capacity(2, GFP_KERNEL)?, disk: None, dev: dev.clone() };
+        let disk_name = CString::try_from_fmt(fmt!("rmirror{}", dev.cfg.index))?;
+        entry.disk = Some(Disk::create(dev.clone(), &DiskOptions {
+            name: &disk_name,
+            backing: &dev.backing,
+            capacity: dev.cfg.sectors,
+            max_sectors: MAX_IO_SECTORS,
+            group: c"rmirror",
+            attrs: &crate::sysfs::ATTRS,
+        })?);
+        let i = dev.cfg.index;
         match dev.cfg.role {
             Role::Primary => {
-                entry.threads.push(Thread::start(c"rmirror_conn", dev.clone(), crate::receiver::primary_conn)?, GFP_KERNEL)?;
-                entry.threads.push(Thread::start(c"rmirror_send", dev.clone(), crate::sender::run)?, GFP_KERNEL)?;
+                let t = Thread::start(&thread_name(i, "conn")?, dev.clone(), crate::receiver::primary_conn)?;
+                entry.threads.push(t, GFP_KERNEL)?;
+                let t = Thread::start(&thread_name(i, "send")?, dev.clone(), crate::sender::run)?;
+                entry.threads.push(t, GFP_KERNEL)?;
             }
             Role::Secondary => {
                 let l = listener.ok_or(EINVAL)?;
                 let arg = Arc::new(crate::receiver::Listener { dev: dev.clone(), sock: l }, GFP_KERNEL)?;
-                entry.threads.push(Thread::start(c"rmirror_recv", arg, crate::receiver::secondary_listen)?, GFP_KERNEL)?;
+                let t = Thread::start(&thread_name(i, "recv")?, arg, crate::receiver::secondary_listen)?;
+                entry.threads.push(t, GFP_KERNEL)?;
             }
         }
         pr_info!("{}: created /dev/rmirror{} ({}, {} sectors on {}, local {}, peer {}, protocol {})\n",
@@ -185,20 +257,26 @@ impl Device {
         self.conn.lock().cstate
     }
 
-    /// `fops->open`: the secondary's disk is not for use; a disk being removed takes no opens.
-    pub(crate) fn open(&self) -> Result {
-        if self.removing.load(Ordering::Acquire) {
-            return Err(ENXIO);
+    /// Waits until `sector..sector+sectors` overlaps no write in flight and a slot is free, and
+    /// takes that slot (process context).
+    pub(crate) fn slot_acquire(&self, sector: u64, sectors: u64) -> usize {
+        let end = sector.saturating_add(sectors);
+        let mut s = self.slots.lock();
+        loop {
+            if let Some(i) = s.admit(sector, end) {
+                s.ranges[i] = Some((sector, end));
+                return i;
+            }
+            self.slot_freed.wait(&mut s);
         }
-        if self.cfg.role == Role::Secondary {
-            return Err(crate::bindings::errno::emediumtype());
-        }
-        Ok(())
     }
 
-    /// Called under the disk's open mutex once removal is certain.
-    pub(crate) fn mark_removing(&self) {
-        self.removing.store(true, Ordering::Release);
+    /// Frees slot `i` (any context) and wakes the writers waiting for one.
+    pub(crate) fn slot_release(&self, i: usize) {
+        if let Some(r) = self.slots.lock().ranges.get_mut(i) {
+            *r = None;
+        }
+        self.slot_freed.notify_all();
     }
 
     /// Asks every thread to stop and wakes them (sockets shut down, condvars notified).
@@ -213,7 +291,6 @@ impl Device {
             l.shutdown();
         }
         self.work.notify_all();
-        self.room.notify_all();
     }
 
     /// Whether teardown has begun (for thread loops).
@@ -222,10 +299,11 @@ impl Device {
     }
 
     /// Drops the connection of `generation` (if still current): every write queued or awaiting
-    /// an ack completes without the peer (and is counted out of sync). Bios are ended outside
-    /// the lock; the emptied queues (their capacity kept) go back afterwards.
+    /// an ack completes without the peer (and is counted out of sync). The connection's queues
+    /// are taken out under the lock and emptied outside it (completions may call back into the
+    /// block layer); the next connection brings new ones.
     pub(crate) fn connection_lost(&self, generation: u64, why: &str) {
-        let (mut queued, mut sent, link) = {
+        let (queued, sent, link) = {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() {
                 return;
@@ -233,40 +311,52 @@ impl Device {
             if !c.stopping {
                 c.cstate = CState::Connecting;
             }
-            (
-                core::mem::replace(&mut c.send_queue, KVec::new()),
-                core::mem::replace(&mut c.inflight, KVec::new()),
-                c.link.take(),
-            )
+            (core::mem::take(&mut c.send_queue), core::mem::take(&mut c.inflight), c.link.take())
         };
         if let Some(l) = link {
             l.shutdown();
         }
         pr_warn!("{}: connection lost: {}\n", &*self.cfg.name, why);
-        for r in queued.drain_all() {
+        for r in Iterator::chain(queued.into_iter(), sent) {
             r.net_done(false);
         }
-        for r in sent.drain_all() {
-            r.net_done(false);
+    }
+}
+
+impl Operations for Device {
+    fn submit_bio(this: &Arc<Self>, bio: Bio) {
+        crate::request::submit_bio(this, bio);
+    }
+
+    /// The secondary's disk is not for use (DRBD's answer to opening a secondary).
+    fn open(&self) -> Result {
+        if self.cfg.role == Role::Secondary {
+            return Err(crate::bindings::errno::emediumtype());
         }
-        {
-            let mut c = self.conn.lock();
-            if c.send_queue.capacity() == 0 {
-                c.send_queue = queued;
-            }
-            if c.inflight.capacity() == 0 {
-                c.inflight = sent;
-            }
-        }
-        self.room.notify_all();
+        Ok(())
+    }
+
+    fn show(&self, attr: usize, page: &mut [u8]) -> Result<usize> {
+        crate::sysfs::show(self, attr, page)
+    }
+
+    fn store(&self, attr: usize, input: &[u8]) -> Result {
+        crate::sysfs::store(self, attr, input)
     }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // Whatever path drops an entry (failed create, teardown), threads must see the stop
-        // request before the fields drop and `kthread_stop` waits for them.
-        self.dev.stop();
+        let dev = &self.dev;
+        dev.stop();
+        self.threads.clear(); // kthread_stop() each, waiting for them to exit
+        // Finishes whatever the threads left queued (a no-op without a live link).
+        let generation = dev.conn.lock().generation;
+        dev.connection_lost(generation, "device removed");
+        // Every write's clone freed: its request (and its device reference) is gone, so the
+        // device is not freed in a completion, and no bio of ours is left anywhere.
+        dev.bioset.drain();
+        self.disk = None; // del_gendisk: no more callbacks use the device pointer
     }
 }
 
@@ -279,18 +369,10 @@ impl Entry {
         }
     }
 
-    /// Tears the device down: threads stopped, pending writes finished, disk deleted.
-    pub(crate) fn teardown(mut self) {
+    /// Tears the device down (see [`Entry`]'s drop) and says so.
+    pub(crate) fn teardown(self) {
         let dev = self.dev.clone();
-        dev.stop();
-        self.threads.clear(); // kthread_stop() each, waiting for them to exit
-        // Finishes whatever the threads left queued (a no-op without a live link).
-        let generation = dev.conn.lock().generation;
-        dev.connection_lost(generation, "device removed");
-        while dev.stats.inflight.load(Ordering::Acquire) != 0 {
-            crate::bindings::thread::sleep_ms(10);
-        }
-        self.disk = None; // del_gendisk: no more callbacks use the device pointer
+        drop(self);
         pr_info!("{}: removed\n", &*dev.cfg.name);
     }
 }

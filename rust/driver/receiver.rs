@@ -9,9 +9,10 @@
 use crate::bindings::errno::eproto;
 use crate::bindings::net::Socket;
 use crate::bindings::thread::sleep_ms;
-use crate::device::{Addr, CState, Device, Role, MAX_IO_SECTORS};
+use crate::device::{Addr, CState, Device, Queues, Role, MAX_IO_SECTORS};
+use crate::request::PeerPart;
 use crate::rcore::wire::{self, feature, AckKind, BarrierFlags, Handshake, Limits, Message, Uuids, WriteFlags};
-use crate::transport::{max_frame, recv_msg, send_msg, tcp::Tcp, RecvError, Transport};
+use crate::transport::{max_frame, recv_msg, send_msg, tcp::Tcp, RecvError, Transport, PAYLOAD_OFFSET};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -56,8 +57,9 @@ impl Device {
     /// Turns a fresh TCP connection into a replicating link: attach it, handshake, established.
     fn bring_up(&self, sock: Socket, buf: &mut [u8], lim: &Limits) -> Link {
         let Ok(tcp) = Tcp::new(sock) else { return Link::Failed };
+        let Ok(queues) = Queues::new() else { return Link::Failed };
         let link: Arc<dyn Transport> = tcp;
-        let Some(generation) = self.attach(link.clone()) else { return Link::Stopping };
+        let Some(generation) = self.attach(link.clone(), queues) else { return Link::Stopping };
         match self.handshake(&*link, buf, lim) {
             Ok(small) => {
                 self.established(generation, small);
@@ -70,14 +72,15 @@ impl Device {
         }
     }
 
-    /// Installs a new connection (cstate Handshake); returns its generation.
-    fn attach(&self, link: Arc<dyn Transport>) -> Option<u64> {
+    /// Installs a new connection with its own queues (cstate Handshake); returns its generation.
+    fn attach(&self, link: Arc<dyn Transport>, queues: Queues) -> Option<u64> {
         let mut c = self.conn.lock();
         if c.stopping {
             return None;
         }
         c.generation += 1;
         c.link = Some(link);
+        queues.install(&mut c);
         c.cstate = CState::Handshake;
         Some(c.generation)
     }
@@ -92,7 +95,6 @@ impl Device {
             c.cstate = CState::Connected;
             c.small_writes = small_writes;
         }
-        self.room.notify_all();
         pr_info!("{}: connected to {} (small writes {})\n", &*self.cfg.name, Addr(self.cfg.peer),
             if small_writes { "on" } else { "off" });
     }
@@ -139,7 +141,6 @@ impl Device {
             c.inflight.remove(i).map_err(|_| eproto())?
         };
         req.net_done(ok);
-        self.room.notify_all();
         Ok(())
     }
 }
@@ -232,7 +233,7 @@ pub(crate) fn secondary_listen(l: &Arc<Listener>) {
 }
 
 /// Applies the primary's messages until the connection ends; returns why it ended.
-fn serve(dev: &Device, link: &dyn Transport, buf: &mut [u8], lim: &Limits) -> &'static str {
+fn serve(dev: &Device, link: &dyn Transport, buf: &mut KVVec<u8>, lim: &Limits) -> &'static str {
     let stop = || dev.stopping();
     // A WriteNotify announces (seq, len) of the WriteData that must follow.
     let mut announced: Option<(u32, u32)> = None;
@@ -242,12 +243,12 @@ fn serve(dev: &Device, link: &dyn Transport, buf: &mut [u8], lim: &Limits) -> &'
             Ok(Message::SmallWrite { meta, .. } | Message::WriteData { meta, .. }) if meta.volume != 0 => {
                 return "write for an unknown volume";
             }
-            Ok(Message::SmallWrite { meta, data }) => {
+            Ok(Message::SmallWrite { meta, .. }) => {
                 if announced.is_some() {
                     return "small write while a large write was announced";
                 }
                 writes_in_epoch = writes_in_epoch.wrapping_add(1);
-                apply(dev, &meta, data)
+                apply(dev, &meta, buf)
             }
             Ok(Message::WriteNotify { seq, len }) => {
                 if announced.replace((seq, len)).is_some() {
@@ -255,12 +256,12 @@ fn serve(dev: &Device, link: &dyn Transport, buf: &mut [u8], lim: &Limits) -> &'
                 }
                 continue;
             }
-            Ok(Message::WriteData { meta, data }) => {
+            Ok(Message::WriteData { meta, .. }) => {
                 if announced.take() != Some((meta.seq, meta.len)) {
                     return "write data without a matching notification";
                 }
                 writes_in_epoch = writes_in_epoch.wrapping_add(1);
-                apply(dev, &meta, data)
+                apply(dev, &meta, buf)
             }
             Ok(Message::Barrier { nr, flags }) => {
                 if flags.contains(BarrierFlags::FLUSH) && dev.backing.flush().is_err() {
@@ -283,14 +284,16 @@ fn serve(dev: &Device, link: &dyn Transport, buf: &mut [u8], lim: &Limits) -> &'
     }
 }
 
-/// Writes one replicated write to the backing device and says how to acknowledge it.
+/// Writes one replicated write, whose payload [`recv_msg`] left at [`PAYLOAD_OFFSET`] of `buf`,
+/// to the backing device and says how to acknowledge it.
 ///
 /// The write always goes with FUA: `AckDurable` promises the data is on the secondary's stable
 /// storage (protocol C's failover guarantee: the peer holds every acknowledged write, even if it
 /// loses power right after the ack). The primary's PREFLUSH is honoured as well.
-fn apply(dev: &Device, meta: &wire::WriteMeta, data: &[u8]) -> Message<'static> {
+fn apply(dev: &Device, meta: &wire::WriteMeta, buf: &KVVec<u8>) -> Message<'static> {
     let preflush = meta.flags.contains(WriteFlags::PREFLUSH);
-    let kind = match dev.backing.write_sync(meta.sector, data, preflush, true) {
+    let data = PAYLOAD_OFFSET..PAYLOAD_OFFSET + meta.len as usize;
+    let kind = match dev.backing.write_sync(meta.sector, buf, data, preflush, true) {
         Ok(()) => AckKind::Durable,
         Err(e) => {
             pr_err!("{}: write of {} bytes at sector {} failed: error {}\n",

@@ -1,136 +1,96 @@
 // SPDX-License-Identifier: GPL-2.0
-//! The request path: reads go straight to the backing device; each write is cloned to the
-//! backing device and queued for the peer, and its bio completes when the core's protocol state
-//! machine says so (protocol C: local write done and the peer's durable ack).
+//! The request path: reads go straight to the backing device; each write (or flush) becomes a
+//! clone to the backing device whose front pad holds a [`Request`], and is queued for the peer.
 //!
-//! A [`Request`] counts the parts still outstanding (the submitter, the local clone, the peer).
-//! Whoever finishes the last part replays the recorded outcomes through
-//! `rcore::state::protocol::Request::event` and ends the bio; nothing is locked in interrupt
-//! context except the bio slot, which only that single finisher takes.
+//! A request is reference counted through its clone ([`CloneRef`]): the submitter, the local
+//! I/O and the peer queue each hold a reference. When the last one goes, the recorded outcomes
+//! are replayed through the core's single transition function
+//! (`rcore::state::protocol::Request::event`), which decides the original bio's status (protocol
+//! C: local write done and the peer's durable ack). Nothing here allocates except the clone,
+//! from a mempool-backed bio set: a write waits for memory, it never fails for lack of it.
 
-use crate::bindings::bio::{Bio, Op, Status};
+use crate::bindings::bio::{Bio, CloneData, CloneRef, Op, Status};
 use crate::device::{CState, Device, Role};
 use crate::rcore::state::protocol::{self, Event};
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use kernel::prelude::*;
-use kernel::sync::{new_spinlock, Arc, SpinLock};
+use core::sync::atomic::{AtomicU8, Ordering};
+use kernel::sync::Arc;
 
 const PART_PENDING: u8 = 0;
 const PART_OK: u8 = 1;
 const PART_FAILED: u8 = 2;
 
-/// One mirrored write (or flush).
-#[pin_data]
+/// One mirrored write (or flush), in its clone's front pad.
 pub(crate) struct Request {
     pub(crate) dev: Arc<Device>,
-    /// The upper layer's bio, stored once submission is finished, taken by the finisher.
-    #[pin]
-    bio: SpinLock<Option<Bio>>,
+    /// The in-flight slot (see `device::Slots`), freed at completion.
+    slot: usize,
     pub(crate) seq: u32,
     pub(crate) sector: u64,
     /// Payload bytes (0 for a flush without data).
     pub(crate) len: u32,
     pub(crate) preflush: bool,
     pub(crate) fua: bool,
-    /// Copy of the data for the peer (the bio's pages are not ours to pin across threads).
-    pub(crate) data: KVVec<u8>,
-    pending: AtomicU32,
     local: AtomicU8,
     net: AtomicU8,
 }
 
-impl Device {
-    /// `fops->submit_bio`.
-    pub(crate) fn submit_bio(self: &Arc<Device>, bio: Bio) {
-        if self.cfg.role == Role::Secondary {
-            return bio.end(Status::IOERR);
-        }
-        let Some(bio) = bio.split_to_limits() else { return };
-        match bio.op() {
-            Op::Read => bio.remap(&self.backing),
-            Op::Write | Op::Flush => crate::bindings::noio(|| Request::submit(self, bio)),
-            Op::Other => bio.end(Status::NOTSUPP),
-        }
+/// `fops->submit_bio`.
+pub(crate) fn submit_bio(dev: &Arc<Device>, bio: Bio) {
+    if dev.cfg.role == Role::Secondary {
+        return bio.end(Status::ioerr());
+    }
+    let Some(bio) = bio.split_to_limits() else { return };
+    match bio.op() {
+        Op::Read => bio.remap(&dev.backing),
+        Op::Write | Op::Flush => crate::bindings::noio(|| submit_write(dev, bio)),
+        Op::Other => bio.end(Status::notsupp()),
     }
 }
 
-impl Request {
-    fn submit(dev: &Arc<Device>, bio: Bio) {
-        let len = bio.size();
-        let mut data = KVVec::new();
-        if len > 0 {
-            match KVVec::from_elem(0u8, len as usize, GFP_KERNEL) {
-                Ok(d) => data = d,
-                Err(_) => return bio.end(Status::IOERR),
-            }
-            if bio.copy_to(&mut data).is_err() {
-                return bio.end(Status::IOERR);
-            }
+fn submit_write(dev: &Arc<Device>, bio: Bio) {
+    let (sector, len, preflush, fua) = (bio.sector(), bio.size(), bio.preflush(), bio.fua());
+    // Overlapping writes in flight wait here, before they take a place in the wire order.
+    let slot = dev.slot_acquire(sector, u64::from(len >> 9));
+    let req = Request {
+        dev: dev.clone(),
+        slot,
+        seq: dev.next_seq(),
+        sector,
+        len,
+        preflush,
+        fua,
+        local: AtomicU8::new(PART_PENDING),
+        net: AtomicU8::new(PART_PENDING),
+    };
+    let clone = match dev.bioset.clone_bio(bio, &dev.backing, req) {
+        Ok(c) => c,
+        Err(bio) => {
+            dev.slot_release(slot);
+            return bio.end(Status::ioerr());
         }
-        let (sector, preflush, fua) = (bio.sector(), bio.preflush(), bio.fua());
-        let req = match Arc::pin_init(
-            pin_init!(Request {
-                dev: dev.clone(),
-                bio <- new_spinlock!(None),
-                seq: dev.next_seq(),
-                sector,
-                len,
-                preflush,
-                fua,
-                data,
-                pending: AtomicU32::new(3),
-                local: AtomicU8::new(PART_PENDING),
-                net: AtomicU8::new(PART_PENDING),
-            }),
-            GFP_KERNEL,
-        ) {
-            Ok(r) => r,
-            Err(_) => return bio.end(Status::IOERR),
-        };
-        dev.stats.inflight.fetch_add(1, Ordering::AcqRel);
-        dev.stats.writes.fetch_add(1, Ordering::Relaxed);
-        dev.stats.write_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
-
-        // Local half: a clone to the backing device.
-        if bio.submit_clone(&dev.backing, &dev.bioset, req.clone()).is_err() {
-            req.local.store(PART_FAILED, Ordering::Release);
-            req.clone().put();
-        }
-        // Peer half: queue for the sender thread, or fail it at once when not connected.
-        if !dev.queue_for_peer(&req) {
-            req.clone().net_done(false);
-        }
-        *req.bio.lock() = Some(bio);
-        req.put();
+    };
+    dev.stats.inflight.fetch_add(1, Ordering::Relaxed);
+    dev.stats.writes.fetch_add(1, Ordering::Relaxed);
+    dev.stats.write_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+    // Local half: the clone goes to the backing device (dispatched once we return).
+    let req = clone.submit();
+    // Peer half: queued for the sender thread, or failed at once when not connected.
+    if !dev.queue_for_peer(&req) {
+        req.net_done(false);
     }
+}
 
-    /// Completion of the local clone (interrupt context).
-    pub(crate) fn local_done(req: Arc<Request>, status: Status) {
+impl CloneData for Request {
+    /// Completion of the local write (interrupt context).
+    fn end_io(req: CloneRef<Self>, status: Status) {
         let v = if status.is_ok() { PART_OK } else { PART_FAILED };
         req.local.store(v, Ordering::Release);
-        req.put();
     }
 
-    /// The peer half finished: durable ack (`ok`), or negative ack / connection lost.
-    pub(crate) fn net_done(self: Arc<Self>, ok: bool) {
-        if ok {
-            self.dev.stats.acks.fetch_add(1, Ordering::Relaxed);
-        }
-        self.net.store(if ok { PART_OK } else { PART_FAILED }, Ordering::Release);
-        self.put();
-    }
-
-    /// Drops one outstanding part; the last one completes the request.
-    fn put(self: Arc<Self>) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.finish();
-        }
-    }
-
-    fn finish(&self) {
+    fn complete(&mut self) -> Status {
         let mut t = protocol::Request::new(self.dev.cfg.protocol);
-        let local_ok = self.local.load(Ordering::Acquire) == PART_OK;
-        let net_ok = self.net.load(Ordering::Acquire) == PART_OK;
+        let local_ok = *self.local.get_mut() == PART_OK;
+        let net_ok = *self.net.get_mut() == PART_OK;
         let mut mark = false;
         let mut status = None;
         for ev in [
@@ -142,37 +102,46 @@ impl Request {
                 status = status.or(o.complete);
             }
         }
+        let dev = &self.dev;
         if mark {
             // The fracture bitmap arrives with outage handling; until then the range is counted.
             let sectors = u64::from(self.len.div_ceil(512)).max(1);
-            self.dev.stats.out_of_sync.fetch_add(sectors, Ordering::Relaxed);
+            dev.stats.out_of_sync.fetch_add(sectors, Ordering::Relaxed);
         }
+        dev.slot_release(self.slot);
+        dev.stats.inflight.fetch_sub(1, Ordering::Relaxed);
         // A failed local write is an I/O error even when the peer has the data: reads are
         // served locally and would return stale data otherwise.
-        let st = match status {
+        match status {
             Some(protocol::Status::Ok) if local_ok => Status::OK,
-            _ => Status::IOERR,
-        };
-        if let Some(bio) = self.bio.lock().take() {
-            bio.end(st);
+            _ => Status::ioerr(),
         }
-        self.dev.stats.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Request-side operations on a queued request.
+pub(crate) trait PeerPart {
+    /// The peer half finished: durable ack (`ok`), or negative ack / connection lost. Drops
+    /// the peer's reference.
+    fn net_done(self, ok: bool);
+}
+
+impl PeerPart for CloneRef<Request> {
+    fn net_done(self, ok: bool) {
+        if ok {
+            self.dev.stats.acks.fetch_add(1, Ordering::Relaxed);
+        }
+        self.net.store(if ok { PART_OK } else { PART_FAILED }, Ordering::Release);
     }
 }
 
 impl Device {
-    /// Queues `req` for the sender when connected, waiting for in-flight room. Returns false
-    /// when the request must go without the peer.
-    fn queue_for_peer(&self, req: &Arc<Request>) -> bool {
+    /// Queues `req` for the sender when connected. Returns false when the request must go
+    /// without the peer. Never waits: the in-flight slots bound the queue to its capacity.
+    fn queue_for_peer(&self, req: &CloneRef<Request>) -> bool {
         let mut c = self.conn.lock();
-        loop {
-            if c.stopping || c.cstate != CState::Connected {
-                return false;
-            }
-            if c.send_queue.len() + c.inflight.len() < crate::device::MAX_INFLIGHT {
-                break;
-            }
-            self.room.wait(&mut c);
+        if c.stopping || c.cstate != CState::Connected {
+            return false;
         }
         if c.send_queue.push_within_capacity(req.clone()).is_err() {
             return false;

@@ -12,9 +12,11 @@
 //! - [`sysfs`]: `/sys/block/rmirrorN/rmirror/` attributes;
 //! - [`rcore`]: the shared `no_std` core (wire format, logs, bitmap, state machines), the same
 //!   source the host tests run;
-//! - [`bindings`]: the only module with `unsafe`: bio-based disk, bios, block devices, sockets,
-//!   threads.
+//! - [`bindings`]: the only module with `unsafe`, generic safe abstractions over the kernel:
+//!   bio-based disk, bios and front-padded clones, block devices, sockets, threads, an irq-safe
+//!   lock, a misc device with driver data.
 
+use bindings::misc::ControlDevice;
 use kernel::prelude::*;
 
 mod bindings;
@@ -43,18 +45,38 @@ module! {
 /// Version of this driver (reported by the VERSION ioctl).
 pub(crate) const VERSION: &str = "0.1.0";
 
-/// The module: owns the control device; devices live in the control registry.
+/// The module: owns the control device, whose data is the registry of devices. Fields drop in
+/// order: the control device (deregistered, registry empty by then), then the fault points.
 #[pin_data(PinnedDrop)]
 struct Rmirror {
     #[pin]
-    control: control::Registration,
+    control: ControlDevice<control::Control>,
+    _faults: FaultPoints,
+}
+
+/// The module's fault-injection points, removed when dropped.
+struct FaultPoints;
+
+impl FaultPoints {
+    fn new() -> Self {
+        bindings::thread::fault_init();
+        FaultPoints
+    }
+}
+
+impl Drop for FaultPoints {
+    fn drop(&mut self) {
+        bindings::thread::fault_exit();
+    }
 }
 
 impl kernel::InPlaceModule for Rmirror {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
-        control::init_registry();
         pr_info!("loaded (wire protocol v{})\n", rcore::wire::VERSION);
-        try_pin_init!(Self { control <- control::register() })
+        try_pin_init!(Self {
+            _faults: FaultPoints::new(),
+            control <- ControlDevice::register(c"rmirror-control", control::Control::new()),
+        })
     }
 }
 
@@ -62,7 +84,7 @@ impl kernel::InPlaceModule for Rmirror {
 impl PinnedDrop for Rmirror {
     fn drop(self: Pin<&mut Self>) {
         // No device can be open here: every open holds a module reference.
-        control::remove_all();
+        self.control.data().remove_all();
         pr_info!("unloaded\n");
     }
 }

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The primary's sender thread: takes queued writes in submission order and sends each as one
-//! small-write message (all metadata in the 128-bit header) or as notify + data.
+//! small-write message (all metadata in the 128-bit header) or as notify + data, the payload
+//! straight from the original bio's pages.
 
+use crate::bindings::bio::CloneRef;
 use crate::device::Device;
-use crate::rcore::wire::{self, BarrierFlags, Message, WriteFlags, WriteMeta, WritePlan};
-use crate::request::Request;
+use crate::rcore::wire::{self, BarrierFlags, Message, WriteFlags, WriteHeaders, WriteMeta};
+use crate::request::{PeerPart, Request};
 use crate::transport::{send_msg, Transport};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
@@ -27,8 +29,9 @@ pub(crate) fn run(dev: &Arc<Device>) {
             }
             let Ok(req) = c.send_queue.remove(0) else { continue };
             let Some(link) = c.link.clone() else { continue };
-            if c.inflight.push_within_capacity(req.clone()).is_err() {
-                // Cannot happen (queue + inflight <= MAX_INFLIGHT = capacity); fail safe.
+            if let Err(kernel::alloc::kvec::PushError(req)) = c.inflight.push_within_capacity(req.clone()) {
+                // Cannot happen (every queued write holds one of MAX_INFLIGHT slots, the
+                // queues' capacity); fail safe.
                 drop(c);
                 req.net_done(false);
                 continue;
@@ -42,7 +45,7 @@ pub(crate) fn run(dev: &Arc<Device>) {
     }
 }
 
-fn send_request(link: &dyn Transport, req: &Request, inline_max: u32, stop: &dyn Fn() -> bool) -> Result {
+fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, stop: &dyn Fn() -> bool) -> Result {
     if req.len == 0 {
         let flags = if req.preflush || req.fua { BarrierFlags::FLUSH } else { BarrierFlags::empty() };
         return send_msg(link, &Message::Barrier { nr: req.seq, flags }, stop);
@@ -55,16 +58,12 @@ fn send_request(link: &dyn Transport, req: &Request, inline_max: u32, stop: &dyn
         flags |= WriteFlags::FUA;
     }
     let meta = WriteMeta { sector: req.sector, len: req.len, seq: req.seq, flags, volume: 0 };
-    match wire::plan_write(meta, &req.data, inline_max) {
-        WritePlan::Small(m) => {
-            send_msg(link, &m, stop)?;
-            req.dev.stats.small_writes.fetch_add(1, Ordering::Relaxed);
-        }
-        WritePlan::Large { notify, data } => {
-            send_msg(link, &notify, stop)?;
-            send_msg(link, &data, stop)?;
-            req.dev.stats.large_writes.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    let hdrs = wire::write_headers(meta, inline_max).map_err(|_| EINVAL)?;
+    req.with_orig(|bio| match &hdrs {
+        WriteHeaders::Small(h) => link.send(&[h.as_bytes()], Some(bio), stop),
+        WriteHeaders::Large(n, d) => link.send(&[n.as_bytes(), d.as_bytes()], Some(bio), stop),
+    })?;
+    let counter = if hdrs.is_small() { &req.dev.stats.small_writes } else { &req.dev.stats.large_writes };
+    counter.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

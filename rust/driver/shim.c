@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
-/* rmirror C shim: static-inline kernel helpers and C tables, called from Rust (see shim.h). */
+/* rmirror C shim: static-inline kernel helpers, macros and C tables, called from Rust (see shim.h).
+ * Nothing here knows rmirror's own types: the Rust side is reached through opaque pointers. */
 #include <linux/bio.h>
 #include <linux/blkdev.h>
 #include <linux/device.h>
+#include <linux/debugfs.h>
 #include <linux/err.h>
+#include <linux/fault-inject.h>
 #include <linux/highmem.h>
 #include <linux/in.h>
 #include <linux/kthread.h>
@@ -15,20 +18,36 @@
 #include <linux/slab.h>
 #include <linux/tcp.h>
 #include <linux/vmalloc.h>
+#include <linux/wait_bit.h>
 #include <net/sock.h>
 #include <net/tcp.h>
 #include "shim.h"
 
 /* ---------------------------------------------------------------- disks */
 
+/*
+ * A bio-based disk stacked on a backing device. Its private_data is the Rust side's opaque
+ * pointer (bindings/disk.rs), passed back to the rmirror_rs_disk_* dispatchers; the sysfs
+ * attributes are described by the Rust side and built here (one group, dev_ext_attribute per
+ * attribute with its index in ->var).
+ */
+struct rmirror_disk {
+	struct gendisk *disk;
+	struct attribute_group group;
+	const struct attribute_group *groups[2];
+	struct attribute **ptrs;
+	unsigned int nattrs;
+	struct dev_ext_attribute attrs[];
+};
+
 static void rmirror_submit_bio(struct bio *bio)
 {
-	rmirror_rs_submit_bio(bio->bi_bdev->bd_disk->private_data, bio);
+	rmirror_rs_disk_submit_bio(bio->bi_bdev->bd_disk->private_data, bio);
 }
 
 static int rmirror_open(struct gendisk *disk, blk_mode_t mode)
 {
-	return rmirror_rs_open(disk->private_data);
+	return rmirror_rs_disk_open(disk->private_data);
 }
 
 static const struct block_device_operations rmirror_fops = {
@@ -37,92 +56,123 @@ static const struct block_device_operations rmirror_fops = {
 	.open = rmirror_open,
 };
 
-/* Attribute ids: keep in sync with `sysfs::Attr` in rust/driver/sysfs.rs. */
-#define RMIRROR_ATTR(_id, _name, _mode)							\
-static ssize_t _name##_show(struct device *d, struct device_attribute *a, char *page)	\
-{ return rmirror_rs_sysfs_show(dev_to_disk(d)->private_data, _id, page); }		\
-static ssize_t _name##_store(struct device *d, struct device_attribute *a,		\
-			     const char *buf, size_t len)				\
-{ return rmirror_rs_sysfs_store(dev_to_disk(d)->private_data, _id, buf, len); }	\
-static DEVICE_ATTR(_name, _mode, _name##_show, _name##_store)
-
-RMIRROR_ATTR(0, name, 0444);
-RMIRROR_ATTR(1, role, 0444);
-RMIRROR_ATTR(2, cstate, 0444);
-RMIRROR_ATTR(3, peer, 0444);
-RMIRROR_ATTR(4, local, 0444);
-RMIRROR_ATTR(5, protocol, 0444);
-RMIRROR_ATTR(6, backing, 0444);
-RMIRROR_ATTR(7, inline_max, 0644);
-RMIRROR_ATTR(8, stats, 0444);
-
-static struct attribute *rmirror_attrs[] = {
-	&dev_attr_name.attr, &dev_attr_role.attr, &dev_attr_cstate.attr, &dev_attr_peer.attr,
-	&dev_attr_local.attr, &dev_attr_protocol.attr, &dev_attr_backing.attr,
-	&dev_attr_inline_max.attr, &dev_attr_stats.attr, NULL,
-};
-
-static const struct attribute_group rmirror_attr_group = {
-	.name = "rmirror",
-	.attrs = rmirror_attrs,
-};
-
-static const struct attribute_group *rmirror_attr_groups[] = { &rmirror_attr_group, NULL };
-
-struct gendisk *rmirror_disk_create(void *dev, int index, struct block_device *backing,
-				    sector_t capacity, unsigned int max_sectors)
+static ssize_t rmirror_attr_show(struct device *d, struct device_attribute *a, char *page)
 {
+	struct dev_ext_attribute *ea = container_of(a, struct dev_ext_attribute, attr);
+
+	return rmirror_rs_disk_show(dev_to_disk(d)->private_data, (uintptr_t)ea->var, page);
+}
+
+static ssize_t rmirror_attr_store(struct device *d, struct device_attribute *a, const char *buf,
+				  size_t len)
+{
+	struct dev_ext_attribute *ea = container_of(a, struct dev_ext_attribute, attr);
+
+	return rmirror_rs_disk_store(dev_to_disk(d)->private_data, (uintptr_t)ea->var, buf, len);
+}
+
+static void rmirror_disk_free(struct rmirror_disk *d)
+{
+	kfree(d->ptrs);
+	kfree(d);
+}
+
+struct rmirror_disk *rmirror_disk_create(void *priv, const char *name, struct block_device *backing,
+					 sector_t capacity, unsigned int max_sectors,
+					 const char *group, const struct rmirror_attr_desc *attrs,
+					 unsigned int nattrs)
+{
+	struct rmirror_disk *d;
 	struct queue_limits lim;
 	struct gendisk *disk;
+	unsigned int i;
 	int err;
 
+	d = kzalloc(struct_size(d, attrs, nattrs), GFP_KERNEL);
+	if (!d)
+		return ERR_PTR(-ENOMEM);
+	d->ptrs = kcalloc(nattrs + 1, sizeof(*d->ptrs), GFP_KERNEL);
+	if (!d->ptrs) {
+		kfree(d);
+		return ERR_PTR(-ENOMEM);
+	}
+	for (i = 0; i < nattrs; i++) {
+		struct dev_ext_attribute *ea = &d->attrs[i];
+
+		sysfs_attr_init(&ea->attr.attr);
+		ea->attr.attr.name = attrs[i].name;
+		ea->attr.attr.mode = attrs[i].writable ? 0644 : 0444;
+		ea->attr.show = rmirror_attr_show;
+		ea->attr.store = attrs[i].writable ? rmirror_attr_store : NULL;
+		ea->var = (void *)(uintptr_t)i;
+		d->ptrs[i] = &ea->attr.attr;
+	}
+	d->nattrs = nattrs;
+	d->group.name = group;
+	d->group.attrs = d->ptrs;
+	d->groups[0] = &d->group;
+
+	/*
+	 * Stacked limits, minus what the driver does not carry out: only reads, writes, flushes and
+	 * FUA reach it. Discard, write-zeroes and secure erase are not advertised (the block layer
+	 * then refuses them with EOPNOTSUPP before any bio is built), nor zones, nowait, polling, DAX.
+	 */
 	blk_set_stacking_limits(&lim);
 	blk_stack_limits(&lim, bdev_limits(backing), 0);
 	lim.max_hw_sectors = min(lim.max_hw_sectors, max_sectors);
 	lim.max_user_sectors = 0;
-	/* Discard and write-zeroes are not mirrored yet, so they are not advertised. */
 	lim.max_hw_discard_sectors = 0;
 	lim.max_user_discard_sectors = 0;
 	lim.max_discard_sectors = 0;
+	lim.max_secure_erase_sectors = 0;
 	lim.max_write_zeroes_sectors = 0;
 	lim.max_hw_wzeroes_unmap_sectors = 0;
 	lim.max_user_wzeroes_unmap_sectors = 0;
 	lim.features &= ~(BLK_FEAT_ZONED | BLK_FEAT_NOWAIT | BLK_FEAT_POLL | BLK_FEAT_DAX);
-	/* Flush and FUA are honoured on both sides. */
 	lim.features |= BLK_FEAT_WRITE_CACHE | BLK_FEAT_FUA;
 
 	disk = blk_alloc_disk(&lim, NUMA_NO_NODE);
-	if (IS_ERR(disk))
-		return disk;
+	if (IS_ERR(disk)) {
+		rmirror_disk_free(d);
+		return ERR_CAST(disk);
+	}
 	disk->flags |= GENHD_FL_NO_PART;
 	disk->fops = &rmirror_fops;
-	disk->private_data = dev;
-	snprintf(disk->disk_name, sizeof(disk->disk_name), "rmirror%d", index);
+	disk->private_data = priv;
+	strscpy(disk->disk_name, name, sizeof(disk->disk_name));
 	set_capacity(disk, capacity);
-	err = device_add_disk(NULL, disk, rmirror_attr_groups);
+	err = device_add_disk(NULL, disk, d->groups);
 	if (err) {
 		put_disk(disk);
+		rmirror_disk_free(d);
 		return ERR_PTR(err);
 	}
-	return disk;
+	d->disk = disk;
+	return d;
 }
 
-void rmirror_disk_destroy(struct gendisk *disk)
+/* After del_gendisk no callback runs any more: fops and attributes are gone. */
+void rmirror_disk_destroy(struct rmirror_disk *d)
 {
-	del_gendisk(disk);
-	put_disk(disk);
+	del_gendisk(d->disk);
+	put_disk(d->disk);
+	rmirror_disk_free(d);
 }
 
-/* Refuse removal while the disk is open; otherwise mark it so that no new open succeeds. */
-int rmirror_disk_begin_remove(struct gendisk *disk)
+/*
+ * Refuse removal while the disk is open; otherwise call back (under the open mutex, so no open
+ * can slip in between) to mark it so that no new open succeeds.
+ */
+int rmirror_disk_begin_remove(struct rmirror_disk *d)
 {
+	struct gendisk *disk = d->disk;
 	int ret = 0;
 
 	mutex_lock(&disk->open_mutex);
 	if (disk_openers(disk))
 		ret = -EBUSY;
 	else
-		rmirror_rs_mark_removing(disk->private_data);
+		rmirror_rs_disk_mark_removing(disk->private_data);
 	mutex_unlock(&disk->open_mutex);
 	return ret;
 }
@@ -132,25 +182,71 @@ sector_t rmirror_bdev_nr_sectors(struct block_device *bdev)
 	return bdev_nr_sectors(bdev);
 }
 
-/* ---------------------------------------------------------------- bios */
-
-struct bio_set *rmirror_bioset_create(void)
+struct file *rmirror_bdev_open_excl(const char *path, void *holder)
 {
-	struct bio_set *bs = kzalloc(sizeof(*bs), GFP_KERNEL);
-
-	if (!bs)
-		return NULL;
-	if (bioset_init(bs, BIO_POOL_SIZE, 0, 0)) {
-		kfree(bs);
-		return NULL;
-	}
-	return bs;
+	return bdev_file_open_by_path(path, BLK_OPEN_READ | BLK_OPEN_WRITE | BLK_OPEN_EXCL, holder, NULL);
 }
 
-void rmirror_bioset_destroy(struct bio_set *bs)
+/* ---------------------------------------------------------------- bios */
+
+/*
+ * A bio set whose clones carry front_pad bytes of per-clone data in front of the bio (as
+ * device-mapper does), and a count of clones not yet freed: destroy waits for it to drop to 0.
+ */
+struct rmirror_bioset {
+	struct bio_set bs;
+	atomic_t live;
+};
+
+struct rmirror_bioset *rmirror_bioset_create(unsigned int front_pad)
 {
-	bioset_exit(bs);
-	kfree(bs);
+	struct rmirror_bioset *rbs = kzalloc(sizeof(*rbs), GFP_KERNEL);
+
+	if (!rbs)
+		return NULL;
+	if (bioset_init(&rbs->bs, BIO_POOL_SIZE, front_pad, 0)) {
+		kfree(rbs);
+		return NULL;
+	}
+	return rbs;
+}
+
+void rmirror_bioset_drain(struct rmirror_bioset *rbs)
+{
+	wait_var_event(&rbs->live, !atomic_read(&rbs->live));
+}
+
+void rmirror_bioset_destroy(struct rmirror_bioset *rbs)
+{
+	rmirror_bioset_drain(rbs);
+	bioset_exit(&rbs->bs);
+	kfree(rbs);
+}
+
+/*
+ * A clone of @orig for @bdev from @rbs (GFP_NOIO: the mempool waits rather than fails), not
+ * submitted yet; @end_io runs at its completion. NULL only if integrity data cannot be cloned.
+ */
+struct bio *rmirror_clone_alloc(struct bio *orig, struct block_device *bdev,
+				struct rmirror_bioset *rbs, bio_end_io_t *end_io)
+{
+	struct bio *clone = bio_alloc_clone(bdev, orig, GFP_NOIO, &rbs->bs);
+
+	if (!clone)
+		return NULL;
+	clone->bi_end_io = end_io;
+	atomic_inc(&rbs->live);
+	return clone;
+}
+
+/* Frees a clone from rmirror_clone_alloc; the last one wakes rmirror_bioset_drain. */
+void rmirror_clone_free(struct bio *clone)
+{
+	struct rmirror_bioset *rbs = container_of(clone->bi_pool, struct rmirror_bioset, bs);
+
+	bio_put(clone);
+	if (atomic_dec_and_test(&rbs->live))
+		wake_up_var(&rbs->live);
 }
 
 void rmirror_bio_remap(struct bio *bio, struct block_device *bdev)
@@ -159,39 +255,9 @@ void rmirror_bio_remap(struct bio *bio, struct block_device *bdev)
 	submit_bio_noacct(bio);
 }
 
-void rmirror_bio_copy_to_buf(struct bio *bio, void *buf, size_t len)
+void rmirror_bio_submit(struct bio *bio)
 {
-	struct bvec_iter iter;
-	struct bio_vec bv;
-	size_t off = 0;
-
-	bio_for_each_segment(bv, bio, iter) {
-		if (WARN_ON_ONCE(off + bv.bv_len > len))
-			return;
-		memcpy_from_bvec(buf + off, &bv);
-		off += bv.bv_len;
-	}
-}
-
-static void rmirror_clone_endio(struct bio *clone)
-{
-	void *req = clone->bi_private;
-	u8 status = clone->bi_status;
-
-	bio_put(clone);
-	rmirror_rs_clone_endio(req, status);
-}
-
-int rmirror_bio_submit_clone(struct bio *orig, struct block_device *bdev, struct bio_set *bs, void *req)
-{
-	struct bio *clone = bio_alloc_clone(bdev, orig, GFP_NOIO, bs);
-
-	if (!clone)
-		return -ENOMEM;
-	clone->bi_end_io = rmirror_clone_endio;
-	clone->bi_private = req;
-	submit_bio_noacct(clone);
-	return 0;
+	submit_bio_noacct(bio);
 }
 
 void rmirror_bio_endio(struct bio *bio, u8 status)
@@ -200,7 +266,10 @@ void rmirror_bio_endio(struct bio *bio, u8 status)
 	bio_endio(bio);
 }
 
-/* Synchronously write a kernel buffer (kmalloc'ed or vmalloc'ed) at @sector. */
+/*
+ * Synchronously write @len bytes of a kmalloc'ed or vmalloc'ed buffer at @sector (the Rust
+ * side only passes heap buffers it owns).
+ */
 int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,
 		       bool preflush, bool fua)
 {
@@ -304,7 +373,10 @@ int rmirror_sock_connect(u32 addr, u16 port, struct socket **res)
 	if (err)
 		return err;
 	tcp_sock_set_nodelay(sock->sk);
+	/* A connect waits at most a second (then -EINPROGRESS): the caller retries or stops. */
+	sock->sk->sk_sndtimeo = HZ;
 	err = kernel_connect(sock, (struct sockaddr_unsized *)&sin, sizeof(sin), 0);
+	sock->sk->sk_sndtimeo = 10 * HZ;
 	if (err) {
 		sock_release(sock);
 		return err;
@@ -319,6 +391,35 @@ int rmirror_sock_send(struct socket *sock, const void *buf, size_t len, bool mor
 	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL | (more ? MSG_MORE : 0) };
 
 	return kernel_sendmsg(sock, &msg, &iov, 1, len);
+}
+
+/*
+ * Sends the data of @bio from byte @skip on, one page segment at a time (TCP copies it into its
+ * own buffers: the bio only has to stay live during the call). MSG_MORE on all but the last
+ * segment, and on that one too if @more. Returns the bytes sent (possibly fewer) or -errno.
+ */
+int rmirror_sock_send_bio(struct socket *sock, struct bio *bio, unsigned int skip, bool more)
+{
+	struct bvec_iter iter = bio->bi_iter;
+	int sent = 0;
+
+	bio_advance_iter(bio, &iter, skip);
+	while (iter.bi_size) {
+		struct bio_vec bv = bio_iter_iovec(bio, iter);
+		bool last = bv.bv_len == iter.bi_size;
+		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL | (more || !last ? MSG_MORE : 0) };
+		int ret;
+
+		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, &bv, 1, bv.bv_len);
+		ret = sock_sendmsg(sock, &msg);
+		if (ret <= 0)
+			return sent ? sent : ret;
+		sent += ret;
+		if (ret < bv.bv_len)
+			break;
+		bio_advance_iter_single(bio, &iter, ret);
+	}
+	return sent;
 }
 
 int rmirror_sock_recv(struct socket *sock, void *buf, size_t len)
@@ -353,10 +454,38 @@ int rmirror_sock_peer(struct socket *sock, u32 *addr, u16 *port)
 
 /* ---------------------------------------------------------------- threads */
 
+#ifdef CONFIG_FAULT_INJECTION_DEBUG_FS
+/* /sys/kernel/debug/fail_rmirror_thread/: make kernel thread starts fail (-ENOMEM), for tests. */
+static DECLARE_FAULT_ATTR(rmirror_fail_thread);
+static struct dentry *rmirror_fault_dir;
+#endif
+
+void rmirror_fault_init(void)
+{
+#ifdef CONFIG_FAULT_INJECTION_DEBUG_FS
+	struct dentry *d = fault_create_debugfs_attr("fail_rmirror_thread", NULL, &rmirror_fail_thread);
+
+	rmirror_fault_dir = IS_ERR(d) ? NULL : d;
+#endif
+}
+
+void rmirror_fault_exit(void)
+{
+#ifdef CONFIG_FAULT_INJECTION_DEBUG_FS
+	debugfs_remove_recursive(rmirror_fault_dir);
+#endif
+}
+
+/* Creates and wakes a kthread holding a task reference (dropped by rmirror_thread_stop). */
 struct task_struct *rmirror_thread_start(int (*fn)(void *), void *data, const char *name)
 {
-	struct task_struct *t = kthread_create(fn, data, "%s", name);
+	struct task_struct *t;
 
+#ifdef CONFIG_FAULT_INJECTION_DEBUG_FS
+	if (should_fail(&rmirror_fail_thread, 1))
+		return ERR_PTR(-ENOMEM);
+#endif
+	t = kthread_create(fn, data, "%s", name);
 	if (IS_ERR(t))
 		return t;
 	get_task_struct(t);
@@ -364,6 +493,7 @@ struct task_struct *rmirror_thread_start(int (*fn)(void *), void *data, const ch
 	return t;
 }
 
+/* Stops the thread: afterwards its function is not running and never will (it may never have run). */
 int rmirror_thread_stop(struct task_struct *task)
 {
 	int ret = kthread_stop(task);
@@ -372,7 +502,30 @@ int rmirror_thread_stop(struct task_struct *task)
 	return ret;
 }
 
-/* ---------------------------------------------------------------- allocation scopes */
+/* ---------------------------------------------------------------- locks and allocation scopes */
+
+unsigned long rmirror_spin_lock_irqsave(spinlock_t *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+bool rmirror_spin_trylock_irqsave(spinlock_t *lock, unsigned long *flags)
+{
+	unsigned long f;
+
+	if (!spin_trylock_irqsave(lock, f))
+		return false;
+	*flags = f;
+	return true;
+}
+
+void rmirror_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore(lock, flags);
+}
 
 unsigned int rmirror_noio_save(void)
 {

@@ -2,6 +2,7 @@
 //! `/sys/block/rmirrorN/rmirror/`: read-only views of the configuration and state, and the
 //! live tunable `inline_max` (validated on write; see `Documentation/ABI-sysfs.rst`).
 
+use crate::bindings::disk::Attribute;
 use crate::device::{Addr, Device};
 use crate::rcore::abi::{status, TextWriter};
 use crate::rcore::table::{INLINE_MAX_ALIGN, INLINE_MAX_LIMIT};
@@ -9,19 +10,36 @@ use core::fmt::Write;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
-/// Attribute ids, in the order of the C table in `shim.c`.
-const NAME: u32 = 0;
-const ROLE: u32 = 1;
-const CSTATE: u32 = 2;
-const PEER: u32 = 3;
-const LOCAL: u32 = 4;
-const PROTOCOL: u32 = 5;
-const BACKING: u32 = 6;
-const INLINE_MAX: u32 = 7;
-const STATS: u32 = 8;
+/// Attribute ids: indexes into [`ATTRS`].
+const NAME: usize = 0;
+const ROLE: usize = 1;
+const CSTATE: usize = 2;
+const PEER: usize = 3;
+const LOCAL: usize = 4;
+const PROTOCOL: usize = 5;
+const BACKING: usize = 6;
+const INLINE_MAX: usize = 7;
+const STATS: usize = 8;
+
+const fn ro(name: &'static kernel::str::CStr) -> Attribute {
+    Attribute { name, writable: false }
+}
+
+/// The files of `/sys/block/rmirrorN/rmirror/`, by id.
+pub(crate) static ATTRS: [Attribute; 9] = [
+    ro(c"name"),
+    ro(c"role"),
+    ro(c"cstate"),
+    ro(c"peer"),
+    ro(c"local"),
+    ro(c"protocol"),
+    ro(c"backing"),
+    Attribute { name: c"inline_max", writable: true },
+    ro(c"stats"),
+];
 
 /// Formats attribute `attr` into `page`; returns the length.
-pub(crate) fn show(dev: &Device, attr: u32, page: &mut [u8]) -> Result<usize> {
+pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> {
     if attr == STATS {
         let end = page.len() - 1;
         let mut w = status::Writer::new(&mut page[..end]);
@@ -47,7 +65,7 @@ pub(crate) fn show(dev: &Device, attr: u32, page: &mut [u8]) -> Result<usize> {
 }
 
 /// Parses and applies a write to attribute `attr`.
-pub(crate) fn store(dev: &Device, attr: u32, input: &[u8]) -> Result {
+pub(crate) fn store(dev: &Device, attr: usize, input: &[u8]) -> Result {
     match attr {
         INLINE_MAX => {
             let v = parse_u32(input)

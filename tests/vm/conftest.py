@@ -6,7 +6,7 @@ Environment:
   RMIRROR_ROOTFS  root file system image from scripts/rootfs.sh (default: run scripts/rootfs.sh)
   RMIRROR_MODULE  rmirror.ko     } modules that set NEEDS_MODULE = True are skipped when these are unset,
   RMIRROR_TOOL    rmirrorctl     } and fail when they are set to a missing file
-  RMIRROR_KVM=1   use KVM instead of TCG;  RMIRROR_SMP=N  vCPUs per guest (default 1)
+  RMIRROR_KVM=1   use KVM instead of TCG;  RMIRROR_SMP=N  vCPUs per guest (default 2)
   RMIRROR_KEEP=1  keep the work directory (console logs) of every pair, not only of failed ones
 """
 
@@ -66,8 +66,11 @@ def pair(request):
     test (see _log_check) and once more after power-off: BUG:/WARNING:/Oops/... lines fail the run."""
     needs_module = getattr(request.module, "NEEDS_MODULE", True)
     payload = _payload(needs_module)
-    smp = int(os.environ.get("RMIRROR_SMP", "1"))
-    p = vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp)
+    smp = int(os.environ.get("RMIRROR_SMP", vmlib.DEFAULT_SMP))
+    # kmemleak records every allocation with its backtrace, a cost every test pays under TCG; only the
+    # modules that scan for leaks (KMEMLEAK = True) boot with it on.
+    append = "" if getattr(request.module, "KMEMLEAK", False) else "kmemleak=off"
+    p = vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp, append=append)
     with p:
         BOOT_TIMES.append((request.module.__name__, p.alpha.boot_seconds, p.beta.boot_seconds))
         yield p

@@ -13,23 +13,24 @@ import pytest
 
 from helpers import CTL, PORT, connect_pair, load, remove, status
 
-KMEMLEAK = "/sys/kernel/debug/kmemleak"
+KMEMLEAK_FILE = "/sys/kernel/debug/kmemleak"
+KMEMLEAK = True          # conftest: boot this module's guests with kmemleak on
 
 
 pytestmark = pytest.mark.usefixtures("clean_pair")
 
 
 def kmemleak_available(vm):
-    rc, _ = vm.run(f"test -r {KMEMLEAK} && cat {KMEMLEAK} >/dev/null")
+    rc, _ = vm.run(f"test -r {KMEMLEAK_FILE} && cat {KMEMLEAK_FILE} >/dev/null")
     return rc == 0
 
 
 def our_leaks(vm):
     """Scan (twice, after the minimum object age) and return the reports that involve rmirror."""
     time.sleep(6)  # kmemleak ignores objects younger than 5 s
-    vm.ok(f"echo scan > {KMEMLEAK}", timeout=300)
-    vm.ok(f"echo scan > {KMEMLEAK}", timeout=300)
-    text = vm.ok(f"cat {KMEMLEAK}")
+    vm.ok(f"echo scan > {KMEMLEAK_FILE}", timeout=300)
+    vm.ok(f"echo scan > {KMEMLEAK_FILE}", timeout=300)
+    text = vm.ok(f"cat {KMEMLEAK_FILE}")
     reports = [r for r in text.split("unreferenced object") if r.strip()]
     return [r for r in reports if "rmirror" in r]
 
@@ -37,7 +38,7 @@ def our_leaks(vm):
 def test_kmemleak_is_active(pair):
     """The leak test below is only meaningful if the detector runs."""
     for vm in (pair.alpha, pair.beta):
-        assert kmemleak_available(vm), f"{vm.name}: {KMEMLEAK} not readable (kernel without kmemleak?)"
+        assert kmemleak_available(vm), f"{vm.name}: {KMEMLEAK_FILE} not readable (kernel without kmemleak?)"
         assert vm.run("dmesg | grep -q 'kmemleak.*disabled'")[0] != 0, vm.ok("dmesg | grep kmemleak")
 
 
@@ -45,7 +46,7 @@ def test_no_leaks_after_create_io_remove_cycles(pair):
     a, b = pair.alpha, pair.beta
     for vm in (a, b):
         load(vm)
-        vm.ok(f"echo clear > {KMEMLEAK}")
+        vm.ok(f"echo clear > {KMEMLEAK_FILE}")
     for i in range(3):
         connect_pair(pair)
         a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=64 oflag=direct 2>/dev/null && "

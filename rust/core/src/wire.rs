@@ -755,6 +755,57 @@ pub fn plan_write<'a>(meta: WriteMeta, data: &'a [u8], inline_max: u32) -> Write
     }
 }
 
+/// One encoded header (the payload, if any, follows it on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    bytes: [u8; MAX_HEADER_LEN],
+    len: usize,
+}
+
+impl Header {
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// The headers of the messages that replicate one write, for a sender that sends the
+/// `meta.len` payload bytes itself, straight from its pages, right after the last header
+/// (zero copy). The bytes are exactly those [`plan_write`]'s messages encode, minus the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteHeaders {
+    /// One SmallWrite header; the payload follows it.
+    Small(Header),
+    /// A WriteNotify, then the WriteData header; the payload follows the second.
+    Large(Header, Header),
+}
+
+impl WriteHeaders {
+    /// Whether this is the small-write message.
+    pub const fn is_small(&self) -> bool {
+        matches!(self, WriteHeaders::Small(_))
+    }
+}
+
+/// Encodes the headers of a write of `meta.len` bytes (see [`WriteHeaders`]), checked as
+/// [`Message::encode`] checks the full messages.
+pub fn write_headers(meta: WriteMeta, inline_max: u32) -> Result<WriteHeaders, EncodeError> {
+    let len = meta.len as usize;
+    let header = |m: Message<'_>, payload_len: usize| {
+        let (bytes, len) = m.header_unchecked(payload_len);
+        Header { bytes, len }
+    };
+    if fits_inline(meta.len, inline_max) {
+        check_write(&meta, len, &ENCODE_LIMITS, true)?;
+        Ok(WriteHeaders::Small(header(Message::SmallWrite { meta, data: &[] }, len)))
+    } else {
+        check_write(&meta, len, &ENCODE_LIMITS, false)?;
+        let notify = Message::WriteNotify { seq: meta.seq, len: meta.len };
+        notify.validate(&ENCODE_LIMITS)?;
+        Ok(WriteHeaders::Large(header(notify, 0), header(Message::WriteData { meta, data: &[] }, len)))
+    }
+}
+
 /// Whether `sector..sector+sectors` lies within a device of `dev` sectors (overflow safe).
 const fn in_range(sector: u64, sectors: u64, dev: u64) -> bool {
     match sector.checked_add(sectors) {
@@ -766,7 +817,7 @@ const fn in_range(sector: u64, sectors: u64, dev: u64) -> bool {
 /// Checks a write's metadata and data against the limits.
 fn check_write(
     meta: &WriteMeta,
-    data: &[u8],
+    data_len: usize,
     lim: &Limits,
     small: bool,
 ) -> Result<(), DecodeError> {
@@ -776,7 +827,7 @@ fn check_write(
     if (small && meta.len > SMALL_WRITE_MAX) || meta.len > lim.payload_cap() {
         return Err(DecodeError::Oversized);
     }
-    if data.len() != meta.len as usize {
+    if data_len != meta.len as usize {
         return Err(DecodeError::BadLength);
     }
     if small && meta.sector > SMALL_SECTOR_MASK {
@@ -876,8 +927,8 @@ impl<'a> Message<'a> {
                 }
                 Ok(())
             }
-            Message::SmallWrite { meta, data } => check_write(meta, data, lim, true),
-            Message::WriteData { meta, data } => check_write(meta, data, lim, false),
+            Message::SmallWrite { meta, data } => check_write(meta, data.len(), lim, true),
+            Message::WriteData { meta, data } => check_write(meta, data.len(), lim, false),
             Message::WriteNotify { len, .. } => {
                 if *len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
                     return Err(DecodeError::BadField);
@@ -931,6 +982,12 @@ impl<'a> Message<'a> {
     /// Builds the fixed header into a buffer; returns it and its length.
     fn header(&self) -> Result<([u8; MAX_HEADER_LEN], usize), EncodeError> {
         self.validate(&ENCODE_LIMITS)?;
+        Ok(self.header_unchecked(self.payload().len()))
+    }
+
+    /// Builds the fixed header of a message (validated by the caller) whose payload has
+    /// `payload_len` bytes.
+    fn header_unchecked(&self, payload_len: usize) -> ([u8; MAX_HEADER_LEN], usize) {
         let cmd = self.command();
         let hl = cmd.header_len();
         let mut h = [0u8; MAX_HEADER_LEN];
@@ -940,7 +997,7 @@ impl<'a> Message<'a> {
         if cmd != Command::SmallWrite {
             // Header and payload sizes are bounded by the validation above
             // (payload <= MAX_PAYLOAD), so this fits a u32.
-            let len = (hl - PREAMBLE_LEN).saturating_add(self.payload().len());
+            let len = (hl - PREAMBLE_LEN).saturating_add(payload_len);
             put_u32(&mut h, off::LENGTH, u32::try_from(len).unwrap_or(u32::MAX));
         }
         const A: usize = off::ARG;
@@ -1013,7 +1070,7 @@ impl<'a> Message<'a> {
                 put_u32(&mut h, A, reason); // 8: u32 reason, 12..16 reserved
             }
         }
-        Ok((h, hl))
+        (h, hl)
     }
 
     /// Encodes the fixed header only into `out`; the caller sends [`Message::payload`]

@@ -1071,3 +1071,50 @@ fn handshake_region_size_outside_the_bitmap_range_is_rejected() {
         assert_eq!(Message::Handshake(h).validate(&Limits::new(u64::MAX)), Ok(()), "region_size {good}");
     }
 }
+
+proptest! {
+    /// The zero-copy headers are exactly the bytes the full messages encode, minus the payload,
+    /// and a write the full encoding refuses is refused the same way.
+    #[test]
+    fn write_headers_match_plan_write(
+        sector in 0u64..(1 << 40),
+        sectors in 1u32..=256,
+        seq in any::<u32>(),
+        flags in 0u8..4,
+        inline_max in prop_oneof![Just(0u32), Just(4096u32), Just(32768u32), Just(65536u32)],
+    ) {
+        let len = sectors << 9;
+        let meta = WriteMeta { sector, len, seq, flags: WriteFlags::from_bits(flags).unwrap_or(WriteFlags::empty()), volume: 0 };
+        let data = vec![0xa5u8; len as usize];
+        let full: Vec<Vec<u8>> = send_write_checked(meta, &data, inline_max);
+        match wire::write_headers(meta, inline_max) {
+            Ok(wire::WriteHeaders::Small(h)) => {
+                prop_assert_eq!(full.len(), 1);
+                prop_assert_eq!(h.as_bytes(), &full[0][..full[0].len() - data.len()]);
+            }
+            Ok(wire::WriteHeaders::Large(n, d)) => {
+                prop_assert_eq!(full.len(), 2);
+                prop_assert_eq!(n.as_bytes(), &full[0][..]);
+                prop_assert_eq!(d.as_bytes(), &full[1][..full[1].len() - data.len()]);
+            }
+            Err(e) => prop_assert!(full.is_empty(), "write_headers refused ({e:?}) what encode accepts"),
+        }
+    }
+}
+
+/// Like `send_write`, but empty when the messages do not encode.
+fn send_write_checked(meta: WriteMeta, data: &[u8], inline_max: u32) -> Vec<Vec<u8>> {
+    let msgs: Vec<Message<'_>> = match plan_write(meta, data, inline_max) {
+        WritePlan::Small(m) => vec![m],
+        WritePlan::Large { notify, data } => vec![notify, data],
+    };
+    let mut out = Vec::new();
+    for m in &msgs {
+        let mut buf = vec![0u8; m.encoded_len()];
+        match m.encode(&mut buf) {
+            Ok(n) => out.push(buf[..n].to_vec()),
+            Err(_) => return Vec::new(),
+        }
+    }
+    out
+}

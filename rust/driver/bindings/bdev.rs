@@ -8,10 +8,6 @@ use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 use kernel::str::CStr;
 
-const BLK_OPEN_READ: u32 = 1 << 0;
-const BLK_OPEN_WRITE: u32 = 1 << 1;
-const BLK_OPEN_EXCL: u32 = 1 << 2;
-
 /// A block device opened read-write and exclusively for rmirror.
 ///
 /// # Invariants
@@ -36,14 +32,9 @@ impl BackingDev {
     pub(crate) fn open(path: &CStr) -> Result<Self> {
         let holder = KBox::new(0u8, GFP_KERNEL)?;
         // SAFETY: `path` is a valid NUL-terminated string; `holder` lives until after the file
-        // is released (field order and `drop`); no holder ops are needed.
+        // is released (field order and `drop`).
         let file = from_err_ptr(unsafe {
-            bindings::bdev_file_open_by_path(
-                path.as_char_ptr(),
-                BLK_OPEN_READ | BLK_OPEN_WRITE | BLK_OPEN_EXCL,
-                (&raw const *holder).cast_mut().cast(),
-                core::ptr::null(),
-            )
+            ffi::rmirror_bdev_open_excl(path.as_char_ptr(), (&raw const *holder).cast_mut().cast())
         })?;
         let file = NonNull::new(file).ok_or(EINVAL)?;
         // SAFETY: `file` is a block device file we just opened.
@@ -63,10 +54,24 @@ impl BackingDev {
         unsafe { ffi::rmirror_bdev_nr_sectors(self.as_raw()) }
     }
 
-    /// Writes `data` at `sector` and waits for completion (with the given cache semantics).
-    pub(crate) fn write_sync(&self, sector: u64, data: &[u8], preflush: bool, fua: bool) -> Result {
-        // SAFETY: `bdev` is valid; `data` is a kernel buffer valid for the duration of the
-        // synchronous call.
+    /// Writes `buf[range]` at `sector` and waits for completion (with the given cache
+    /// semantics). The buffer is a kernel heap allocation (kmalloc or vmalloc), the only memory
+    /// the block layer can be handed by address; `range` must be non-empty and inside it.
+    pub(crate) fn write_sync(
+        &self,
+        sector: u64,
+        buf: &KVVec<u8>,
+        range: core::ops::Range<usize>,
+        preflush: bool,
+        fua: bool,
+    ) -> Result {
+        let data = buf.get(range).ok_or(EINVAL)?;
+        if data.is_empty() {
+            return Err(EINVAL);
+        }
+        // SAFETY: `bdev` is valid; `data` is a non-empty part of a live kmalloc or vmalloc
+        // allocation (a `KVVec`'s buffer), which `rmirror_write_sync` maps page by page with
+        // `virt_to_page`/`vmalloc_to_page`; it stays borrowed for the whole synchronous call.
         let ret = unsafe {
             ffi::rmirror_write_sync(self.as_raw(), sector, data.as_ptr().cast(), data.len(), preflush, fua)
         };

@@ -2,17 +2,21 @@
 //! The bindings layer: the only place in the driver with `unsafe`.
 //!
 //! Upstream Rust has blk-mq abstractions only, so bio-based disks, bios, opened block devices,
-//! kernel sockets and kernel threads get small safe wrappers here, over `kernel::bindings` and the
-//! C shim (`shim.c`, for static inlines and the fixed C tables). Everything above this module is
-//! safe Rust; every `unsafe` block below carries a `// SAFETY:` comment and every wrapper type an
-//! `# Invariants` section.
+//! kernel sockets, kernel threads and an irq-safe spinlock get small safe wrappers here, over
+//! `kernel::bindings` and the C shim (`shim.c`, for static inlines, macros and the fixed C
+//! tables). The layer is generic: it names no driver type. The driver plugs in through traits
+//! ([`disk::Operations`] for a disk's callbacks, [`bio::CloneData`] for the data and completion
+//! of a cloned bio) and owned values (`Arc`, boxes) handed over as opaque pointers. Everything
+//! above this module is safe Rust; every `unsafe` block below carries a `// SAFETY:` comment,
+//! every unsafe function a `# Safety` section and every wrapper type an `# Invariants` section.
 
 pub(crate) mod bdev;
 pub(crate) mod bio;
 pub(crate) mod disk;
 mod ffi;
-pub(crate) mod global;
+pub(crate) mod misc;
 pub(crate) mod net;
+pub(crate) mod sync;
 pub(crate) mod thread;
 
 /// Kernel error codes that `kernel::error::code` does not name.
@@ -35,6 +39,10 @@ pub(crate) mod errno {
     /// secondary).
     pub(crate) fn emediumtype() -> Error {
         e(bindings::EMEDIUMTYPE)
+    }
+    /// `EOPNOTSUPP`: operation not supported.
+    pub(crate) fn eopnotsupp() -> Error {
+        e(bindings::EOPNOTSUPP)
     }
     /// `EPROTO`: the peer broke the protocol.
     pub(crate) fn eproto() -> Error {

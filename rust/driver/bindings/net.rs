@@ -4,7 +4,7 @@
 //! Every socket has a one-second receive timeout, so a blocked receiver or acceptor regularly
 //! gets `EAGAIN` and can check whether it was asked to stop; `shutdown` wakes it at once.
 
-use super::ffi;
+use super::{bio::Bio, ffi};
 use core::ptr::NonNull;
 use kernel::bindings;
 use kernel::ffi::c_int;
@@ -98,6 +98,16 @@ impl Socket {
             let rest = &buf[done..];
             // SAFETY: `self.0` is valid (invariant); `rest` is readable for its length during the call.
             unsafe { ffi::rmirror_sock_send(self.0.as_ptr(), rest.as_ptr().cast(), rest.len(), more) }
+        })
+    }
+
+    /// Sends all the data of `bio` (read from its pages; TCP copies it, so the bio need only
+    /// outlive the call); `more` as for [`Socket::send_all`].
+    pub(crate) fn send_bio(&self, bio: &Bio, more: bool, stop: &dyn Fn() -> bool) -> Result {
+        whole(bio.size() as usize, stop, |done| {
+            // SAFETY: `self.0` is valid (invariant); `bio` is live and unchanged while borrowed
+            // (its type invariant), `done` is below its size.
+            unsafe { ffi::rmirror_sock_send_bio(self.0.as_ptr(), bio.as_raw(), done as u32, more) }
         })
     }
 

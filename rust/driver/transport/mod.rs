@@ -4,13 +4,15 @@
 
 pub(crate) mod tcp;
 
+use crate::bindings::bio::Bio;
 use crate::rcore::wire::{self, Limits, Message, DecodeError};
 use kernel::prelude::*;
 
 /// A connected, reliable, ordered byte transport to the peer.
 pub(crate) trait Transport: Send + Sync {
-    /// Sends one message made of `parts`, atomically with respect to other senders.
-    fn send(&self, parts: &[&[u8]], stop: &dyn Fn() -> bool) -> Result;
+    /// Sends `parts`, then the data of `bio` if given (read from its pages, zero copy on our
+    /// side), atomically with respect to other senders.
+    fn send(&self, parts: &[&[u8]], bio: Option<&Bio>, stop: &dyn Fn() -> bool) -> Result;
     /// Receives exactly `buf.len()` bytes (only one receiving thread per transport).
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result;
     /// Breaks the connection; blocked senders and receivers return at once.
@@ -63,9 +65,9 @@ pub(crate) fn send_msg(t: &dyn Transport, msg: &Message<'_>, stop: &dyn Fn() -> 
     let n = msg.encode_header(&mut hdr).map_err(|_| EINVAL)?;
     let payload = msg.payload();
     if payload.is_empty() {
-        t.send(&[&hdr[..n]], stop)
+        t.send(&[&hdr[..n]], None, stop)
     } else {
-        t.send(&[&hdr[..n], payload], stop)
+        t.send(&[&hdr[..n], payload], None, stop)
     }
 }
 

@@ -2,6 +2,7 @@
 //! The TCP transport: one kernel socket per connection, sends serialized by a mutex.
 
 use super::Transport;
+use crate::bindings::bio::Bio;
 use crate::bindings::net::Socket;
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -23,13 +24,16 @@ impl Tcp {
 }
 
 impl Transport for Tcp {
-    fn send(&self, parts: &[&[u8]], stop: &dyn Fn() -> bool) -> Result {
+    fn send(&self, parts: &[&[u8]], bio: Option<&Bio>, stop: &dyn Fn() -> bool) -> Result {
         let _g = self.send_lock.lock();
         let last = parts.len().saturating_sub(1);
         for (i, p) in parts.iter().enumerate() {
-            self.sock.send_all(p, i < last, stop)?;
+            self.sock.send_all(p, i < last || bio.is_some(), stop)?;
         }
-        Ok(())
+        match bio {
+            Some(b) => self.sock.send_bio(b, false, stop),
+            None => Ok(()),
+        }
     }
 
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result {
