@@ -127,3 +127,61 @@ def sysfs_write(vm, path, value):
     """Write `value` to a sysfs file; return (rc, error text). busybox's shell reports the errno text."""
     rc, out, err = vm.run3(f"busybox ash -c {q(f'echo {value} > {path}')}")
     return rc, out + err
+
+
+# ---- used by test_soundness.py ---------------------------------------------------------------------------
+
+def md5_dev(vm, dev="/dev/vdb", nbytes=1 << 20, offset=0, bs=65536):
+    """md5 of `nbytes` at byte `offset` of block device `dev`, read past stale page cache (the page cache
+    is dropped first: busybox dd does not honour iflag=direct, and the driver writes the backing disk with
+    bios). `offset` and `nbytes` must be multiples of `bs`."""
+    assert offset % bs == 0 and nbytes % bs == 0, (offset, nbytes, bs)
+    return vm.ok(f"echo 3 > /proc/sys/vm/drop_caches; "
+                 f"dd if={dev} bs={bs} skip={offset // bs} count={nbytes // bs} 2>/dev/null | md5sum",
+                 timeout=300).split()[0]
+
+
+def exclusive_open(vm, dev="/dev/vdb"):
+    """Whether `dev` can be opened with O_EXCL (an exclusive claim, as mkfs or mount take it), i.e. no driver
+    still holds it. Returns (ok, output). The probe is busybox blkdiscard with a zero length: it opens the
+    device O_RDWR|O_EXCL, then the kernel rejects the empty range (EINVAL) or discard as such (EOPNOTSUPP)
+    before touching any data."""
+    rc, out = vm.run(f"blkdiscard -o 0 -l 0 {dev}")
+    return "can't open" not in out, out
+
+
+def fault_attr(vm, path, **values):
+    """Write fault-injection debugfs attributes (Documentation/fault-injection/fault-injection.rst) under
+    `path`, e.g. fault_attr(vm, "/sys/kernel/debug/failslab", probability=10, task_filter="Y"): underscores
+    in names become dashes. One agent round trip; fails if a file is missing or refuses the value."""
+    cmds = [f"echo {v} > {path}/{k.replace('_', '-')}" for k, v in values.items()]
+    vm.ok(" && ".join(cmds))
+
+
+def fault_attr_read(vm, path, *names):
+    """{name: value} of fault-injection attributes (integers where they parse)."""
+    out = vm.ok("; ".join(f"echo \"{n}=$(cat {path}/{n.replace('_', '-')})\"" for n in names))
+    res = {}
+    for line in out.strip().splitlines():
+        k, _, v = line.partition("=")
+        try:
+            res[k] = int(v)
+        except ValueError:
+            res[k] = v
+    return res
+
+
+def starved(script, seconds=240):
+    """A sh script that runs `script` at nice -20 while one busy loop per CPU, also at nice -20 and pinned to
+    its CPU, hogs the guest. Nice-0 threads, such as the kernel threads a driver starts (and kthreadd, which
+    forks them), then wait hundreds of milliseconds for a CPU after being woken, while `script` keeps going:
+    this widens the window between a thread's creation and its first run. Everything happens in one agent
+    command (the agent itself runs at nice 0); the loops are killed when `script` ends, and end by themselves
+    after `seconds`. The script's exit code, stdout and stderr are the wrapper's."""
+    return (f"cat > /tmp/starved.sh <<'RMIRROR_STARVED_EOF'\n{script}\nRMIRROR_STARVED_EOF\n"
+            "pids=; for c in $(seq 0 $(($(nproc) - 1))); do "
+            f"timeout {int(seconds)} nice -n -20 taskset -c $c sh -c 'while :; do :; done' "
+            "</dev/null >/dev/null 2>&1 & pids=\"$pids $!\"; done\n"
+            "nice -n -20 sh /tmp/starved.sh; rc=$?\n"
+            "kill $pids 2>/dev/null; wait\n"
+            "exit $rc\n")
