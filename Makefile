@@ -5,7 +5,7 @@
 #
 #   make                 build rmirror.ko against the test kernel (built and cached on first use)
 #   make KDIR=/path      build rmirror.ko against another Rust-enabled kernel build tree
-#   make tools           build rmirrorctl
+#   make tools           build rmirrorctl and rmirror-check
 #   make check           everything: host tests, then the VM tests
 #   make demo            two VMs, a mirrored ext4 file seen on the secondary's disk
 #   make fuzz            run the cargo-fuzz targets of the core for a short while

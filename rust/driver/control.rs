@@ -273,8 +273,17 @@ impl Device {
         w.field(status::SMALL_WRITES, s.small_writes.load(Relaxed))?;
         w.field(status::LARGE_WRITES, s.large_writes.load(Relaxed))?;
         w.field(status::ACKS, s.acks.load(Relaxed))?;
-        w.field(status::OUT_OF_SYNC, s.out_of_sync.load(Relaxed))?;
+        w.field(status::OUT_OF_SYNC, self.out_of_sync_sectors())?;
         w.field(status::INFLIGHT, s.inflight.load(Relaxed))?;
+        w.field(status::CONNECT_ATTEMPTS, s.connect_attempts.load(Relaxed))?;
+        w.field(status::CONNECTS, s.connects.load(Relaxed))?;
+        w.field(status::TIMEOUTS, s.timeouts.load(Relaxed))?;
+        w.field(status::PINGS, s.pings.load(Relaxed))?;
+        w.field(status::PONGS, s.pongs.load(Relaxed))?;
+        w.field(status::REPL, crate::resync::repl_state(self))?;
+        w.field(status::DISK, crate::resync::disk_state(self))?;
+        w.field(status::RESYNCED, s.resynced.load(Relaxed))?;
+        w.field(status::RESYNC_ETA, crate::resync::eta_s(self))?;
         Ok(())
     }
 }

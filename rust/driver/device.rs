@@ -7,12 +7,14 @@ use crate::bindings::disk::{Disk, DiskOptions, Operations};
 use crate::bindings::sync::IrqSpinLock;
 use crate::bindings::{bdev::BackingDev, net::SockAddr, thread::Thread};
 use crate::rcore::table;
+use crate::rcore::state::conn;
 use crate::request::{PeerPart, Request};
 use crate::transport::Transport;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::str::CString;
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, Mutex};
+use kernel::time::{Instant, Monotonic};
 
 /// Most writes in flight per device (each holds an in-flight slot from submission until its
 /// bio completes): bounds the peer queues, and the overlap checks scan this many slots.
@@ -22,29 +24,9 @@ pub(crate) const MAX_IO_SECTORS: u32 = 256;
 
 pub(crate) use crate::rcore::table::Role;
 
-/// Connection state as shown to users (DRBD's cstate, reduced for now).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum CState {
-    /// Not trying to connect (being torn down).
-    StandAlone,
-    /// Primary: trying to connect; secondary: waiting for the primary to connect.
-    Connecting,
-    /// A connection exists, the handshake is under way.
-    Handshake,
-    /// Replicating.
-    Connected,
-}
-
-impl CState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            CState::StandAlone => "standalone",
-            CState::Connecting => "connecting",
-            CState::Handshake => "handshake",
-            CState::Connected => "connected",
-        }
-    }
-}
+/// Connection states (the core's machine: standalone, connecting, handshake, connected,
+/// outage, probation).
+pub(crate) use crate::rcore::state::conn::State as CState;
 
 /// Immutable configuration, from the table line.
 pub(crate) struct Config {
@@ -69,15 +51,24 @@ pub(crate) struct Stats {
     pub(crate) small_writes: AtomicU64,
     pub(crate) large_writes: AtomicU64,
     pub(crate) acks: AtomicU64,
-    pub(crate) out_of_sync: AtomicU64,
     pub(crate) inflight: AtomicU32,
+    pub(crate) connect_attempts: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) pings: AtomicU64,
+    pub(crate) pongs: AtomicU64,
+    /// Sectors copied by resync.
+    pub(crate) resynced: AtomicU64,
 }
 
 /// Connection state shared by the request path and the peer threads (under [`Device::conn`]).
 pub(crate) struct Conn {
-    pub(crate) cstate: CState,
-    /// The live connection, if any.
+    /// The core's connection state machine: heartbeats, timeouts, outage and probation.
+    pub(crate) sm: conn::Conn,
+    /// The connection's data socket (writes), from the start of its handshake.
     pub(crate) link: Option<Arc<dyn Transport>>,
+    /// Its meta socket (heartbeats, acks), once the pair is complete.
+    pub(crate) meta: Option<Arc<dyn Transport>>,
     /// Incremented for every new connection, so a thread never tears down a newer one.
     pub(crate) generation: u64,
     /// Writes waiting for the sender thread, in submission order. Each connection brings its
@@ -89,6 +80,13 @@ pub(crate) struct Conn {
     pub(crate) small_writes: bool,
     /// Set once at teardown: threads exit, nothing new is queued.
     pub(crate) stopping: bool,
+}
+
+impl Conn {
+    /// Whether writes go to the peer now: a complete connection, trusted (not on probation).
+    pub(crate) fn replicating(&self) -> bool {
+        !self.stopping && self.meta.is_some() && self.sm.state() == CState::Connected
+    }
 }
 
 /// The two queues of a new connection, allocated before it is installed.
@@ -148,16 +146,33 @@ pub(crate) struct Device {
     /// Small-write threshold in bytes (sysfs `inline_max`).
     pub(crate) inline_max: AtomicU32,
     seq: AtomicU32,
+    /// Zero of the millisecond clock the connection state machine runs on.
+    epoch: Instant<Monotonic>,
     #[pin]
     pub(crate) conn: Mutex<Conn>,
     /// Signalled when the send queue gains work or the device stops.
     #[pin]
     pub(crate) work: CondVar,
+    /// Signalled when a connection is installed, completed or lost, or the device stops.
+    #[pin]
+    pub(crate) link_changed: CondVar,
     #[pin]
     slots: IrqSpinLock<Slots>,
     /// Signalled when a slot is freed.
     #[pin]
     slot_freed: CondVar,
+    /// The fracture bitmap: regions the peer may lack (see `resync`). Marked from
+    /// completions, which may run in interrupt context, hence the lock.
+    #[pin]
+    pub(crate) bitmap: IrqSpinLock<crate::resync::Fracture>,
+    /// Resync progress and the chunk awaiting its ack.
+    #[pin]
+    pub(crate) resync: Mutex<crate::resync::Progress>,
+    /// Signalled when a resync chunk is acked.
+    #[pin]
+    pub(crate) resync_cv: CondVar,
+    /// Resync rate cap in KiB/s, 0 for none (sysfs `resync_rate`).
+    pub(crate) resync_rate: AtomicU32,
 }
 
 /// Everything the registry keeps for a device. Dropping it tears the device down in order:
@@ -193,6 +208,14 @@ impl Device {
             })?),
             Role::Primary => None,
         };
+        let epoch = Instant::<Monotonic>::now();
+        let mut sm = conn::Conn::new(t.timing).map_err(|e| {
+            pr_err!("{}: table: {}\n", &*cfg.name, e.as_str());
+            EINVAL
+        })?;
+        let bitmap = crate::resync::new_bitmap(cfg.sectors)?;
+        // Connecting from the start, as DRBD's `up`.
+        let _ = sm.on_connect(0);
         let dev = Arc::pin_init(
             try_pin_init!(Device {
                 backing,
@@ -200,9 +223,11 @@ impl Device {
                 stats: Stats::default(),
                 inline_max: AtomicU32::new(t.inline_max),
                 seq: AtomicU32::new(1),
+                epoch,
                 conn <- new_mutex!(Conn {
-                    cstate: CState::Connecting,
+                    sm,
                     link: None,
+                    meta: None,
                     generation: 0,
                     send_queue: KVec::new(),
                     inflight: KVec::new(),
@@ -210,13 +235,18 @@ impl Device {
                     stopping: false,
                 }),
                 work <- new_condvar!(),
+                link_changed <- new_condvar!(),
                 slots <- IrqSpinLock::new(Slots { ranges: [None; MAX_INFLIGHT] }, c"rmirror_slots", kernel::static_lock_class!()),
                 slot_freed <- new_condvar!(),
+                bitmap <- IrqSpinLock::new(bitmap, c"rmirror_bitmap", kernel::static_lock_class!()),
+                resync <- new_mutex!(crate::resync::Progress::default()),
+                resync_cv <- new_condvar!(),
+                resync_rate: AtomicU32::new(0),
                 cfg,
             }? Error),
             GFP_KERNEL,
         )?;
-        let mut entry = Entry { threads: KVec::with_capacity(2, GFP_KERNEL)?, disk: None, dev: dev.clone() };
+        let mut entry = Entry { threads: KVec::with_capacity(4, GFP_KERNEL)?, disk: None, dev: dev.clone() };
         let disk_name = CString::try_from_fmt(fmt!("rmirror{}", dev.cfg.index))?;
         entry.disk = Some(Disk::create(dev.clone(), &DiskOptions {
             name: &disk_name,
@@ -227,17 +257,23 @@ impl Device {
             attrs: &crate::sysfs::ATTRS,
         })?);
         let i = dev.cfg.index;
+        let t = Thread::start(&thread_name(i, "meta")?, dev.clone(), crate::heartbeat::run)?;
+        entry.threads.push(t, GFP_KERNEL)?;
         match dev.cfg.role {
             Role::Primary => {
-                let t = Thread::start(&thread_name(i, "conn")?, dev.clone(), crate::receiver::primary_conn)?;
+                let t = Thread::start(&thread_name(i, "conn")?, dev.clone(), crate::conn::primary_connect)?;
                 entry.threads.push(t, GFP_KERNEL)?;
                 let t = Thread::start(&thread_name(i, "send")?, dev.clone(), crate::sender::run)?;
+                entry.threads.push(t, GFP_KERNEL)?;
+                let t = Thread::start(&thread_name(i, "sync")?, dev.clone(), crate::resync::run)?;
                 entry.threads.push(t, GFP_KERNEL)?;
             }
             Role::Secondary => {
                 let l = listener.ok_or(EINVAL)?;
-                let arg = Arc::new(crate::receiver::Listener { dev: dev.clone(), sock: l }, GFP_KERNEL)?;
-                let t = Thread::start(&thread_name(i, "recv")?, arg, crate::receiver::secondary_listen)?;
+                let arg = Arc::new(crate::conn::Listener { dev: dev.clone(), sock: l }, GFP_KERNEL)?;
+                let t = Thread::start(&thread_name(i, "conn")?, arg, crate::conn::secondary_accept)?;
+                entry.threads.push(t, GFP_KERNEL)?;
+                let t = Thread::start(&thread_name(i, "recv")?, dev.clone(), crate::receiver::run)?;
                 entry.threads.push(t, GFP_KERNEL)?;
             }
         }
@@ -254,7 +290,12 @@ impl Device {
 
     /// Current connection state.
     pub(crate) fn cstate(&self) -> CState {
-        self.conn.lock().cstate
+        self.conn.lock().sm.state()
+    }
+
+    /// Milliseconds since the device was created (the state machine's clock).
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(0)
     }
 
     /// Waits until `sector..sector+sectors` overlaps no write in flight and a slot is free, and
@@ -281,16 +322,18 @@ impl Device {
 
     /// Asks every thread to stop and wakes them (sockets shut down, condvars notified).
     fn stop(&self) {
-        let link = {
+        let now = self.now_ms();
+        let (link, meta) = {
             let mut c = self.conn.lock();
             c.stopping = true;
-            c.cstate = CState::StandAlone;
-            c.link.clone()
+            let _ = c.sm.on_disconnect(now);
+            (c.link.clone(), c.meta.clone())
         };
-        if let Some(l) = link {
+        for l in [link, meta].into_iter().flatten() {
             l.shutdown();
         }
         self.work.notify_all();
+        self.link_changed.notify_all();
     }
 
     /// Whether teardown has begun (for thread loops).
@@ -303,20 +346,22 @@ impl Device {
     /// are taken out under the lock and emptied outside it (completions may call back into the
     /// block layer); the next connection brings new ones.
     pub(crate) fn connection_lost(&self, generation: u64, why: &str) {
-        let (queued, sent, link) = {
+        let now = self.now_ms();
+        let (queued, sent, link, meta, state) = {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() {
                 return;
             }
-            if !c.stopping {
-                c.cstate = CState::Connecting;
-            }
-            (core::mem::take(&mut c.send_queue), core::mem::take(&mut c.inflight), c.link.take())
+            // A no-op when the state machine itself declared the loss (heartbeat timeout).
+            let _ = c.sm.on_error(now);
+            (core::mem::take(&mut c.send_queue), core::mem::take(&mut c.inflight), c.link.take(), c.meta.take(),
+                c.sm.state())
         };
-        if let Some(l) = link {
+        for l in [link, meta].into_iter().flatten() {
             l.shutdown();
         }
-        pr_warn!("{}: connection lost: {}\n", &*self.cfg.name, why);
+        self.link_changed.notify_all();
+        pr_warn!("{}: connection lost: {} (now {})\n", &*self.cfg.name, why, state.as_str());
         for r in Iterator::chain(queued.into_iter(), sent) {
             r.net_done(false);
         }

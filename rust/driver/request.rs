@@ -10,7 +10,7 @@
 //! from a mempool-backed bio set: a write waits for memory, it never fails for lack of it.
 
 use crate::bindings::bio::{Bio, CloneData, CloneRef, Op, Status};
-use crate::device::{CState, Device, Role};
+use crate::device::{Device, Role};
 use crate::rcore::state::protocol::{self, Event};
 use core::sync::atomic::{AtomicU8, Ordering};
 use kernel::sync::Arc;
@@ -104,9 +104,7 @@ impl CloneData for Request {
         }
         let dev = &self.dev;
         if mark {
-            // The fracture bitmap arrives with outage handling; until then the range is counted.
-            let sectors = u64::from(self.len.div_ceil(512)).max(1);
-            dev.stats.out_of_sync.fetch_add(sectors, Ordering::Relaxed);
+            dev.mark_out_of_sync(self.sector, u64::from(self.len.div_ceil(512)));
         }
         dev.slot_release(self.slot);
         dev.stats.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -140,7 +138,7 @@ impl Device {
     /// without the peer. Never waits: the in-flight slots bound the queue to its capacity.
     fn queue_for_peer(&self, req: &CloneRef<Request>) -> bool {
         let mut c = self.conn.lock();
-        if c.stopping || c.cstate != CState::Connected {
+        if !c.replicating() {
             return false;
         }
         if c.send_queue.push_within_capacity(req.clone()).is_err() {

@@ -6,8 +6,13 @@
 //! - [`device`]: one replicated device: configuration, connection state, teardown;
 //! - [`request`]: the request path: reads remapped, writes cloned locally and queued for the peer,
 //!   completion decided by the core's protocol state machine;
-//! - [`sender`] / [`receiver`]: the threads that talk to the peer (primary: send writes, collect
-//!   acks; secondary: apply writes, acknowledge once durable);
+//! - [`conn`]: connections: connect (primary) or accept (secondary) the data and meta sockets,
+//!   handshake, and the glue to the core's connection state machine;
+//! - [`heartbeat`]: the meta socket's thread on both sides: pings both ways, dead-peer
+//!   detection, probation, and the primary's acks;
+//! - [`resync`]: the fracture bitmap, and the resync that copies exactly its marked regions;
+//! - [`sender`] / [`receiver`]: the data socket's threads (primary: send writes; secondary:
+//!   apply writes, acknowledge on the meta socket once durable);
 //! - [`transport`]: the message transport behind a small trait (TCP now, RDMA later);
 //! - [`sysfs`]: `/sys/block/rmirrorN/rmirror/` attributes;
 //! - [`rcore`]: the shared `no_std` core (wire format, logs, bitmap, state machines), the same
@@ -20,12 +25,15 @@ use bindings::misc::ControlDevice;
 use kernel::prelude::*;
 
 mod bindings;
+mod conn;
 mod control;
 mod device;
+mod heartbeat;
 #[allow(dead_code, unreachable_pub, unused_attributes, missing_docs)]
 #[path = "../core/src/lib.rs"]
 mod rcore;
 mod receiver;
+mod resync;
 // The core refers to its own modules as `crate::...`; make those paths resolve here too.
 #[allow(unused_imports)]
 use rcore::{abi, al, bitmap, crc, meta, state, table, wire};

@@ -22,7 +22,7 @@ pub(crate) fn run(dev: &Arc<Device>) {
                 if c.stopping {
                     return;
                 }
-                if !c.send_queue.is_empty() && c.link.is_some() {
+                if !c.send_queue.is_empty() && c.replicating() {
                     break;
                 }
                 dev.work.wait(&mut c);

@@ -270,10 +270,8 @@ void rmirror_bio_endio(struct bio *bio, u8 status)
  * Synchronously write @len bytes of a kmalloc'ed or vmalloc'ed buffer at @sector (the Rust
  * side only passes heap buffers it owns).
  */
-int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,
-		       bool preflush, bool fua)
+static int rmirror_rw_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len, blk_opf_t opf)
 {
-	blk_opf_t opf = REQ_OP_WRITE | REQ_SYNC | (preflush ? REQ_PREFLUSH : 0) | (fua ? REQ_FUA : 0);
 	unsigned int nr = DIV_ROUND_UP(offset_in_page(buf) + len, PAGE_SIZE);
 	struct bio *bio;
 	size_t done = 0;
@@ -284,7 +282,7 @@ int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *b
 	bio = bio_alloc(bdev, nr, opf, GFP_NOIO);
 	bio->bi_iter.bi_sector = sector;
 	while (done < len) {
-		const void *p = buf + done;
+		void *p = buf + done;
 		unsigned int off = offset_in_page(p);
 		unsigned int n = min_t(size_t, PAGE_SIZE - off, len - done);
 		struct page *page = is_vmalloc_addr(p) ? vmalloc_to_page(p) : virt_to_page(p);
@@ -295,9 +293,27 @@ int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *b
 		}
 		done += n;
 	}
+	if (is_vmalloc_addr(buf) && op_is_write(opf))
+		flush_kernel_vmap_range(buf, len);
 	ret = submit_bio_wait(bio);
+	if (is_vmalloc_addr(buf) && !op_is_write(opf))
+		invalidate_kernel_vmap_range(buf, len);
 	bio_put(bio);
 	return ret;
+}
+
+int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,
+		       bool preflush, bool fua)
+{
+	blk_opf_t opf = REQ_OP_WRITE | REQ_SYNC | (preflush ? REQ_PREFLUSH : 0) | (fua ? REQ_FUA : 0);
+
+	return rmirror_rw_sync(bdev, sector, (void *)buf, len, opf);
+}
+
+/* Synchronously read @len bytes at @sector into a kmalloc'ed or vmalloc'ed buffer. */
+int rmirror_read_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len)
+{
+	return rmirror_rw_sync(bdev, sector, buf, len, REQ_OP_READ | REQ_SYNC);
 }
 
 /* ---------------------------------------------------------------- sockets */
@@ -317,6 +333,13 @@ static void rmirror_sockaddr(struct sockaddr_in *sin, u32 addr, u16 port)
 	sin->sin_family = AF_INET;
 	sin->sin_addr.s_addr = htonl(addr);
 	sin->sin_port = htons(port);
+}
+
+/* Blocking receives on @sock return -EAGAIN after @ms without data (the timer tick of a
+ * heartbeat thread). */
+void rmirror_sock_set_rcvtimeo(struct socket *sock, unsigned int ms)
+{
+	WRITE_ONCE(sock->sk->sk_rcvtimeo, msecs_to_jiffies(ms));
 }
 
 /* A new TCP socket, tuned, with @sin filled in for @addr:@port. */

@@ -51,6 +51,7 @@ void rmirror_bio_submit(struct bio *bio);
 void rmirror_bio_endio(struct bio *bio, u8 status);
 int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,
 		       bool preflush, bool fua);
+int rmirror_read_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len);
 
 /* Kernel TCP sockets; addresses and ports in host byte order. */
 int rmirror_sock_listen(u32 addr, u16 port, struct socket **res);
@@ -62,6 +63,7 @@ int rmirror_sock_recv(struct socket *sock, void *buf, size_t len);
 void rmirror_sock_shutdown(struct socket *sock);
 void rmirror_sock_release(struct socket *sock);
 int rmirror_sock_peer(struct socket *sock, u32 *addr, u16 *port);
+void rmirror_sock_set_rcvtimeo(struct socket *sock, unsigned int ms);
 
 /* Kernel threads, fault injection, locks, allocation scopes. */
 void rmirror_fault_init(void);

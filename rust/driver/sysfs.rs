@@ -5,6 +5,7 @@
 use crate::bindings::disk::Attribute;
 use crate::device::{Addr, Device};
 use crate::rcore::abi::{status, TextWriter};
+use crate::rcore::state::resync::MAX_RATE;
 use crate::rcore::table::{INLINE_MAX_ALIGN, INLINE_MAX_LIMIT};
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
@@ -20,13 +21,16 @@ const PROTOCOL: usize = 5;
 const BACKING: usize = 6;
 const INLINE_MAX: usize = 7;
 const STATS: usize = 8;
+const REPL: usize = 9;
+const DISK: usize = 10;
+const RESYNC_RATE: usize = 11;
 
 const fn ro(name: &'static kernel::str::CStr) -> Attribute {
     Attribute { name, writable: false }
 }
 
 /// The files of `/sys/block/rmirrorN/rmirror/`, by id.
-pub(crate) static ATTRS: [Attribute; 9] = [
+pub(crate) static ATTRS: [Attribute; 12] = [
     ro(c"name"),
     ro(c"role"),
     ro(c"cstate"),
@@ -36,6 +40,9 @@ pub(crate) static ATTRS: [Attribute; 9] = [
     ro(c"backing"),
     Attribute { name: c"inline_max", writable: true },
     ro(c"stats"),
+    ro(c"repl"),
+    ro(c"disk"),
+    Attribute { name: c"resync_rate", writable: true },
 ];
 
 /// Formats attribute `attr` into `page`; returns the length.
@@ -58,6 +65,9 @@ pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> 
         PROTOCOL => writeln!(w, "{}", dev.cfg.protocol.as_str()),
         BACKING => writeln!(w, "{}", dev.cfg.backing_path.to_str().unwrap_or("?")),
         INLINE_MAX => writeln!(w, "{}", dev.inline_max.load(Ordering::Relaxed)),
+        REPL => writeln!(w, "{}", crate::resync::repl_state(dev)),
+        DISK => writeln!(w, "{}", crate::resync::disk_state(dev)),
+        RESYNC_RATE => writeln!(w, "{}", dev.resync_rate.load(Ordering::Relaxed)),
         _ => return Err(EINVAL),
     };
     r.map_err(|_| ENOSPC)?;
@@ -76,6 +86,14 @@ pub(crate) fn store(dev: &Device, attr: usize, input: &[u8]) -> Result {
                     EINVAL
                 })?;
             dev.inline_max.store(v, Ordering::Relaxed);
+            Ok(())
+        }
+        RESYNC_RATE => {
+            let v = parse_u32(input).filter(|v| u64::from(*v) * 1024 <= MAX_RATE).ok_or_else(|| {
+                pr_err!("{}: resync_rate: expected KiB/s from 0 (no cap) to {}\n", &*dev.cfg.name, MAX_RATE / 1024);
+                EINVAL
+            })?;
+            dev.resync_rate.store(v, Ordering::Relaxed);
             Ok(())
         }
         _ => Err(EACCES),

@@ -5,7 +5,8 @@ Environment:
   RMIRROR_KERNEL  bzImage (default /var/cache/rmirror/kernel/current/arch/x86/boot/bzImage)
   RMIRROR_ROOTFS  root file system image from scripts/rootfs.sh (default: run scripts/rootfs.sh)
   RMIRROR_MODULE  rmirror.ko     } modules that set NEEDS_MODULE = True are skipped when these are unset,
-  RMIRROR_TOOL    rmirrorctl     } and fail when they are set to a missing file
+  RMIRROR_TOOL    rmirrorctl     } and fail when they are set to a missing file; rmirror-check (the
+                                 per-block checker) is taken from rmirrorctl's directory
   RMIRROR_KVM=1   use KVM instead of TCG;  RMIRROR_SMP=N  vCPUs per guest (default 2)
   RMIRROR_KEEP=1  keep the work directory (console logs) of every pair, not only of failed ones
 """
@@ -57,6 +58,11 @@ def _payload(needs_module):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{var}={path} does not exist")
         payload[dst] = path
+        if dst == "rmirrorctl":
+            check = os.path.join(os.path.dirname(path), "rmirror-check")
+            if not os.path.isfile(check):
+                raise FileNotFoundError(f"{check} does not exist (built with rmirrorctl: make tools)")
+            payload["rmirror-check"] = check
     return payload
 
 

@@ -3,9 +3,11 @@
 
 import json
 import re
+import struct
 import time
 
 CTL = "/p/rmirrorctl"
+CHECK = "/p/rmirror-check"
 KO = "/p/rmirror.ko"
 PORT = 7788
 IP = {"alpha": "10.99.0.1", "beta": "10.99.0.2"}
@@ -185,3 +187,83 @@ def starved(script, seconds=240):
             "nice -n -20 sh /tmp/starved.sh; rc=$?\n"
             "kill $pids 2>/dev/null; wait\n"
             "exit $rc\n")
+
+
+# ---- used by test_outage.py and test_hostile.py --------------------------------------------------------
+
+def background(vm, script, name):
+    """Start `script` (sh) in its own session in the guest, detached: stdout and stderr go to
+    /tmp/<name>.out, its exit code to /tmp/<name>.rc once it ends. Returns at once."""
+    vm.ok(f"cat > /tmp/{name}.sh <<'RMIRROR_BG_EOF'\n{script}\nRMIRROR_BG_EOF\n"
+          f"rm -f /tmp/{name}.rc; setsid sh -c 'sh /tmp/{name}.sh > /tmp/{name}.out 2>&1; echo $? > /tmp/{name}.rc' "
+          "</dev/null >/dev/null 2>&1 &")
+
+
+def wait_background(vm, name, timeout=300):
+    """Wait for a background() script to end; return (rc, output)."""
+    vm.ok(f"for i in $(seq 1 {timeout * 5}); do test -e /tmp/{name}.rc && exit 0; sleep 0.2; done; exit 1",
+          timeout=timeout + 30)
+    return int(vm.ok(f"cat /tmp/{name}.rc").strip()), vm.ok(f"cat /tmp/{name}.out")
+
+
+KLOG_RE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
+
+
+def klog(vm, since=None):
+    """[(seconds, text)] of the guest's kernel lines (after the last line containing `since`, if given)."""
+    text = vm.ok("dmesg")
+    lines = text.splitlines()
+    start = max((i for i, l in enumerate(lines) if since is not None and since in l), default=-1)
+    out = []
+    for line in lines[start + 1:]:
+        m = KLOG_RE.match(line)
+        if m:
+            out.append((float(m[1]), m[2]))
+    return out
+
+
+def klog_marker(vm, text):
+    """Writes `text` to the guest's kernel log; returns its timestamp (kernel clock, seconds)."""
+    vm.ok(f"echo {q(text)} > /dev/kmsg")
+    for t, line in reversed(klog(vm)):
+        if text in line:
+            return t
+    raise AssertionError(f"{vm.name}: marker {text!r} not in dmesg")
+
+
+def first_after(lines, t0, needle):
+    """Time of the first line at or after t0 containing `needle`, or None."""
+    return next((t for t, line in lines if t >= t0 and needle in line), None)
+
+
+def cut(vm, peer_ip, marker=None):
+    """Drop every packet between this guest and `peer_ip` (both directions). With `marker`, write it to the
+    kernel log in the same command, right after the rules are in, and return its timestamp."""
+    cmd = f"iptables -A INPUT -s {peer_ip} -j DROP && iptables -A OUTPUT -d {peer_ip} -j DROP"
+    if marker is None:
+        vm.ok(cmd)
+        return None
+    vm.ok(f"{cmd} && echo {q(marker)} > /dev/kmsg")
+    return next(t for t, line in reversed(klog(vm)) if marker in line)
+
+
+def heal(vm):
+    vm.ok("iptables -F")
+
+
+# Wire frames, encoded straight from Documentation/wire-protocol.rst (a fake peer in busybox nc).
+MAGIC, VERSION = 0x4D52, 1
+HANDSHAKE, SMALL_WRITE, WRITE_NOTIFY = 0x01, 0x02, 0x03
+
+
+def preamble(cmd, length, args):
+    assert len(args) == 8
+    return struct.pack("<HBBI", MAGIC, cmd, VERSION, length) + args
+
+
+def handshake(sectors, role=1, channel=0):
+    """64 bytes: versions 1..1, node 0, `role` (1 primary), features SMALL_WRITE, 4 KiB regions,
+    `channel` 0 (data socket) or 1 (meta socket)."""
+    args = struct.pack("<BBBBI", 1, 1, 0, role, 1)
+    return (preamble(HANDSHAKE, 48, args) + struct.pack("<QIB3x", sectors, 4096, channel)
+            + struct.pack("<4Q", 7, 0, 0, 0))

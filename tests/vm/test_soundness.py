@@ -55,7 +55,8 @@ def primary_line(vm, peer_port=PORT, local_port=PORT, backing="/dev/vdb", sector
 
 # ---- 1. a failed thread start releases everything ------------------------------------------------------
 
-THREADS = {"primary": 2, "secondary": 1}    # threads a device starts: connection + sender, or listener
+# threads a device starts: meta, connection, sender, resync; or meta, connection (listener), receiver
+THREADS = {"primary": 4, "secondary": 3}
 
 
 # One failing create: fault attribute armed, kernel log cleared, create (its stderr is the script's),
@@ -71,15 +72,16 @@ echo 0 > $F/probability; echo 0 > $F/times
 """
 
 
-@pytest.mark.parametrize("role,space", [("primary", 2), ("primary", 1), ("secondary", 1)],
-                         ids=["primary-second-thread", "primary-first-thread", "secondary-thread"])
+@pytest.mark.parametrize("role,space", [("primary", 2), ("primary", 1), ("primary", 4), ("secondary", 3)],
+                         ids=["primary-second-thread", "primary-first-thread", "primary-last-thread",
+                              "secondary-last-thread"])
 def test_thread_start_failure_releases_backing(pair, role, space):
     """The driver's fault_attr fail_rmirror_thread is consulted (should_fail(attr, 1)) once per kernel
-    thread it starts: a primary starts 2 (connection, then sender), a secondary 1. `space` is a budget that
-    each call decrements by its size (1) while it is larger than the size, failures being suppressed until
-    then (lib/fault-inject.c: `if (space > size) { space -= size; return false; }`): space=2 lets the first
-    call pass and fails the second (the sender, with the connection thread already started), space=1 fails
-    the first. times=1 allows a single failure.
+    thread it starts: a primary starts 4 (meta, connection, sender, resync), a secondary 3 (meta,
+    connection, receiver). `space` is a budget that each call decrements by its size (1) while it is larger
+    than the size, failures being suppressed until then (lib/fault-inject.c: `if (space > size) { space -=
+    size; return false; }`): space=N lets N-1 calls pass and fails the Nth (space=2: the connection thread,
+    with the meta thread already started; space=1: the first). times=1 allows a single failure.
 
     The failed create must return ENOMEM and leave nothing behind: the same device can be created again
     (the backing disk is not still claimed, a secondary's port not still bound), and after its removal

@@ -656,9 +656,27 @@ pub mod status {
     pub const OUT_OF_SYNC: &str = "out_of_sync";
     /// Key: requests in flight.
     pub const INFLIGHT: &str = "inflight";
+    /// Key: connection attempts (connects on the primary, accepted sockets on the secondary).
+    pub const CONNECT_ATTEMPTS: &str = "connect_attempts";
+    /// Key: connections that completed their handshake.
+    pub const CONNECTS: &str = "connects";
+    /// Key: connections declared dead because the peer went silent (heartbeat timeout).
+    pub const TIMEOUTS: &str = "timeouts";
+    /// Key: heartbeat pings sent.
+    pub const PINGS: &str = "pings";
+    /// Key: heartbeat pongs received.
+    pub const PONGS: &str = "pongs";
+    /// Key: replication state (`off`, `established`, `sync_source`, `sync_target`).
+    pub const REPL: &str = "repl";
+    /// Key: this node's disk state (`up_to_date`, `consistent`, `inconsistent`).
+    pub const DISK: &str = "disk";
+    /// Key: sectors copied by resync.
+    pub const RESYNCED: &str = "resynced";
+    /// Key: estimated seconds until the resync ends (0: none running or not known yet).
+    pub const RESYNC_ETA: &str = "resync_eta";
 
     /// All keys of ABI v1 in their fixed order.
-    pub const KEYS: [&str; 17] = [
+    pub const KEYS: [&str; 26] = [
         NAME,
         MINOR,
         ROLE,
@@ -676,6 +694,15 @@ pub mod status {
         ACKS,
         OUT_OF_SYNC,
         INFLIGHT,
+        CONNECT_ATTEMPTS,
+        CONNECTS,
+        TIMEOUTS,
+        PINGS,
+        PONGS,
+        REPL,
+        DISK,
+        RESYNCED,
+        RESYNC_ETA,
     ];
 
     /// Appends `key=value` pairs, space-separated, into a byte slice.
@@ -790,6 +817,24 @@ pub mod status {
         pub out_of_sync: u64,
         /// Requests in flight.
         pub inflight: u64,
+        /// Connection attempts.
+        pub connect_attempts: u64,
+        /// Connections established.
+        pub connects: u64,
+        /// Heartbeat timeouts.
+        pub timeouts: u64,
+        /// Pings sent.
+        pub pings: u64,
+        /// Pongs received.
+        pub pongs: u64,
+        /// Replication state name.
+        pub repl: &'a str,
+        /// Disk state name.
+        pub disk: &'a str,
+        /// Sectors resynced.
+        pub resynced: u64,
+        /// Resync ETA in seconds.
+        pub resync_eta: u64,
     }
 
     impl Status<'_> {
@@ -813,6 +858,15 @@ pub mod status {
             w.field(ACKS, self.acks)?;
             w.field(OUT_OF_SYNC, self.out_of_sync)?;
             w.field(INFLIGHT, self.inflight)?;
+            w.field(CONNECT_ATTEMPTS, self.connect_attempts)?;
+            w.field(CONNECTS, self.connects)?;
+            w.field(TIMEOUTS, self.timeouts)?;
+            w.field(PINGS, self.pings)?;
+            w.field(PONGS, self.pongs)?;
+            w.field(REPL, self.repl)?;
+            w.field(DISK, self.disk)?;
+            w.field(RESYNCED, self.resynced)?;
+            w.field(RESYNC_ETA, self.resync_eta)?;
             Ok(w.finish())
         }
     }
@@ -1098,6 +1152,15 @@ mod tests {
             acks: 1,
             out_of_sync: 0,
             inflight: 0,
+            connect_attempts: 2,
+            connects: 1,
+            timeouts: 0,
+            pings: 5,
+            pongs: 4,
+            repl: "off",
+            disk: "up_to_date",
+            resynced: 0,
+            resync_eta: 0,
         }
     }
 
@@ -1110,7 +1173,9 @@ mod tests {
             text,
             "name=r0 minor=0 role=primary cstate=connecting peer=10.0.0.2:7788 \
              local=10.0.0.1:7788 protocol=C backing=/dev/vdb size=2048 inline_max=4096 \
-             writes=1 write_bytes=4096 small_writes=1 large_writes=0 acks=1 out_of_sync=0 inflight=0"
+             writes=1 write_bytes=4096 small_writes=1 large_writes=0 acks=1 out_of_sync=0 inflight=0 \
+             connect_attempts=2 connects=1 timeouts=0 pings=5 pongs=4 repl=off disk=up_to_date \
+             resynced=0 resync_eta=0"
         );
         let keys: Vec<&str> = status::parse(text).map(|kv| kv.unwrap().0).collect();
         assert_eq!(keys, status::KEYS);

@@ -16,6 +16,14 @@
 //! options       inline_max=<bytes>  0..=32768, a multiple of 512 (0 disables the small-write path),
 //!                                   default 4096
 //!               node_id=<n>         0..=31, default 0 for primary and 1 for secondary
+//!               ping_interval=<ms>  heartbeat period each way, 100..=60000, default 1000
+//!               timeout=<ms>        outage after this long without traffic or a pong,
+//!                                   > ping_interval and <= 600000, default 5000
+//!               probation=<ms>      heartbeats needed without a miss after an outage before
+//!                                   replication resumes, 0..=600000, default 3000
+//!               connect_retry=<ms>  delay between connection attempts, 100..=600000, default 1000
+//!               outage_max=<ms>     longest outage whose writes stay queued, 0 (no limit) or
+//!                                   timeout..=86400000, default 60000
 //!               each option at most once; unknown keys are errors
 //! ```
 //!
@@ -28,6 +36,7 @@
 use core::fmt::{self, Write as _};
 
 use super::abi::TextWriter;
+use super::state::conn::Config as Timing;
 
 /// The target type name in the third field.
 pub const TARGET: &str = "rmirror";
@@ -50,8 +59,10 @@ pub const NODE_ID_MAX: u8 = 31;
 pub const LINE_MAX: usize = 512;
 
 // "0 " + u64 (20) + " rmirror " + path + " secondary " + 2 x "255.255.255.255:65535 "
-// + "C" + " inline_max=" + u32 (10) + " node_id=" + u8 (3)
-const _: () = assert!(2 + 20 + 9 + BACKING_MAX + 11 + 2 * 22 + 1 + 12 + 10 + 9 + 3 <= LINE_MAX);
+// + "C" + " inline_max=" + u32 (10) + " node_id=" + u8 (3) + five " <timer>=" + u32
+const _: () = assert!(
+    2 + 20 + 9 + BACKING_MAX + 11 + 2 * 22 + 1 + 12 + 10 + 9 + 3 + 5 * (15 + 10) <= LINE_MAX
+);
 const _: () = assert!(INLINE_MAX_LIMIT.is_multiple_of(INLINE_MAX_ALIGN));
 const _: () = assert!(INLINE_MAX_DEFAULT.is_multiple_of(INLINE_MAX_ALIGN));
 const _: () = assert!(INLINE_MAX_DEFAULT <= INLINE_MAX_LIMIT);
@@ -92,13 +103,17 @@ pub enum TableError {
     BadInlineMax,
     /// `node_id` is out of range.
     BadNodeId,
+    /// A timing option is not a number of milliseconds.
+    BadTimingValue,
+    /// The timing options break a rule of [`Timing::validate`].
+    BadTiming(super::state::conn::Error),
     /// The output buffer of [`Table::write`] is too small.
     NoSpace,
 }
 
 impl TableError {
     /// Human-readable reason (fixed text per field).
-    pub const fn as_str(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             TableError::TooFewFields => {
                 "too few fields: expected '<start> <len> rmirror <backing> <role> <local-addr> <peer-addr> <protocol> [key=value...]'"
@@ -122,12 +137,16 @@ impl TableError {
                 "protocol A and B are not supported yet: use protocol C"
             }
             TableError::BadOption => "bad option: expected key=value",
-            TableError::UnknownOption => "unknown option: expected inline_max or node_id",
+            TableError::UnknownOption => {
+                "unknown option: expected inline_max, node_id, ping_interval, timeout, probation, connect_retry or outage_max"
+            }
             TableError::DuplicateOption => "option given more than once",
             TableError::BadInlineMax => {
                 "bad inline_max: expected 0 to 32768 bytes, a multiple of 512"
             }
             TableError::BadNodeId => "bad node_id: expected 0 to 31",
+            TableError::BadTimingValue => "bad timing option: expected milliseconds",
+            TableError::BadTiming(e) => e.as_str(),
             TableError::NoSpace => "table line does not fit in the output buffer",
         }
     }
@@ -274,6 +293,8 @@ pub struct Table<'a> {
     pub inline_max: u32,
     /// This node's id (0..=31).
     pub node_id: u8,
+    /// Heartbeat, timeout, probation and retry timers (validated).
+    pub timing: Timing,
 }
 
 impl Table<'_> {
@@ -306,8 +327,37 @@ impl fmt::Display for Table<'_> {
         if self.node_id != self.role.default_node_id() {
             write!(f, " node_id={}", self.node_id)?;
         }
+        for (key, v, d) in timing_options(&self.timing) {
+            if v != d {
+                write!(f, " {key}={v}")?;
+            }
+        }
         Ok(())
     }
+}
+
+/// The timing options in canonical order: key, value, default.
+fn timing_options(t: &Timing) -> [(&'static str, u32, u32); 5] {
+    let d = Timing::DEFAULT;
+    [
+        ("ping_interval", t.ping_interval_ms, d.ping_interval_ms),
+        ("timeout", t.timeout_ms, d.timeout_ms),
+        ("probation", t.probation_ms, d.probation_ms),
+        ("connect_retry", t.connect_retry_ms, d.connect_retry_ms),
+        ("outage_max", t.outage_max_ms, d.outage_max_ms),
+    ]
+}
+
+/// The timing field named `key`, if it is one.
+fn timing_field<'t>(t: &'t mut Timing, key: &str) -> Option<&'t mut u32> {
+    Some(match key {
+        "ping_interval" => &mut t.ping_interval_ms,
+        "timeout" => &mut t.timeout_ms,
+        "probation" => &mut t.probation_ms,
+        "connect_retry" => &mut t.connect_retry_ms,
+        "outage_max" => &mut t.outage_max_ms,
+        _ => return None,
+    })
 }
 
 /// Parses a non-empty string of ASCII digits (no sign, no spaces) into a `u64`.
@@ -367,6 +417,8 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
 
     let mut inline_max = None;
     let mut node_id = None;
+    let mut timing = Timing::DEFAULT;
+    let mut timing_seen = 0u8;
     for opt in f {
         let (key, value) = opt.split_once('=').ok_or(TableError::BadOption)?;
         match key {
@@ -396,7 +448,21 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
                 });
             }
             "" => return Err(TableError::BadOption),
-            _ => return Err(TableError::UnknownOption),
+            _ => {
+                let bit = 1u8
+                    << timing_options(&timing)
+                        .iter()
+                        .position(|o| o.0 == key)
+                        .ok_or(TableError::UnknownOption)?;
+                if timing_seen & bit != 0 {
+                    return Err(TableError::DuplicateOption);
+                }
+                timing_seen |= bit;
+                let v = parse_dec(value)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or(TableError::BadTimingValue)?;
+                *timing_field(&mut timing, key).ok_or(TableError::UnknownOption)? = v;
+            }
         }
     }
 
@@ -410,6 +476,10 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
         protocol,
         inline_max: inline_max.unwrap_or(INLINE_MAX_DEFAULT),
         node_id: node_id.unwrap_or(role.default_node_id()),
+        timing: {
+            timing.validate().map_err(TableError::BadTiming)?;
+            timing
+        },
     })
 }
 
@@ -437,6 +507,7 @@ mod tests {
             protocol: Protocol::C,
             inline_max: 4096,
             node_id: 0,
+            timing: Timing::DEFAULT,
         }
     }
 
@@ -520,8 +591,62 @@ mod tests {
             protocol: Protocol::C,
             inline_max: u32::MAX,
             node_id: u8::MAX,
+            timing: Timing {
+                ping_interval_ms: u32::MAX,
+                timeout_ms: u32::MAX,
+                probation_ms: u32::MAX,
+                connect_retry_ms: u32::MAX,
+                outage_max_ms: u32::MAX,
+            },
         };
         assert!(t.write(&mut out).is_ok());
+    }
+
+    #[test]
+    fn timing_options() {
+        let line =
+            format!("{GOOD} timeout=2000 ping_interval=500 probation=0 connect_retry=200 outage_max=0");
+        let t = parse(&line).unwrap();
+        let want = Timing {
+            ping_interval_ms: 500,
+            timeout_ms: 2000,
+            probation_ms: 0,
+            connect_retry_ms: 200,
+            outage_max_ms: 0,
+        };
+        assert_eq!(t.timing, want);
+        assert_eq!(
+            t.to_string(),
+            format!(
+                "{GOOD} ping_interval=500 timeout=2000 probation=0 connect_retry=200 outage_max=0"
+            )
+        );
+        assert_eq!(parse(&t.to_string()), Ok(t));
+        assert_eq!(
+            parse(&format!("{GOOD} timeout=5000")).unwrap().to_string(),
+            GOOD
+        );
+        use crate::state::conn::Error as E;
+        for (opt, err) in [
+            ("timeout=x", TableError::BadTimingValue),
+            ("timeout=", TableError::BadTimingValue),
+            ("timeout=4294967296", TableError::BadTimingValue),
+            (
+                "timeout=1000",
+                TableError::BadTiming(E::TimeoutNotAboveInterval),
+            ),
+            (
+                "ping_interval=99",
+                TableError::BadTiming(E::PingIntervalRange),
+            ),
+            ("probation=600001", TableError::BadTiming(E::ProbationRange)),
+            ("connect_retry=50", TableError::BadTiming(E::RetryRange)),
+            ("outage_max=10", TableError::BadTiming(E::OutageMaxRange)),
+            ("timeout=2000 timeout=3000", TableError::DuplicateOption),
+            ("keepalive=1", TableError::UnknownOption),
+        ] {
+            assert_eq!(parse(&format!("{GOOD} {opt}")), Err(err), "{opt}");
+        }
     }
 
     #[test]
@@ -667,6 +792,8 @@ mod tests {
             DuplicateOption,
             BadInlineMax,
             BadNodeId,
+            BadTimingValue,
+            BadTiming(crate::state::conn::Error::TimeoutRange),
             NoSpace,
         ];
         let mut seen = std::collections::HashSet::new();
@@ -718,7 +845,8 @@ mod tests {
         #[test]
         fn write_then_parse_round_trips(p in arb_table_parts()) {
             let (len, backing, role, local, peer, protocol, inline_max, node_id) = p;
-            let t = Table { start: 0, len, backing: &backing, role, local, peer, protocol, inline_max, node_id };
+            let timing = Timing { timeout_ms: 2000 + u32::from(node_id), ..Timing::DEFAULT };
+            let t = Table { start: 0, len, backing: &backing, role, local, peer, protocol, inline_max, node_id, timing };
             let mut out = [0u8; LINE_MAX];
             let n = t.write(&mut out).unwrap();
             let line = core::str::from_utf8(&out[..n]).unwrap();

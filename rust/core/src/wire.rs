@@ -289,6 +289,8 @@ pub enum Command {
     ResyncNegative = 0x0E,
     /// The sender closes the connection, with a reason.
     Disconnect = 0x0F,
+    /// Resync data of a sector range is durable on the sync target (target -> source).
+    ResyncAck = 0x10,
 }
 
 impl Command {
@@ -310,6 +312,7 @@ impl Command {
             0x0D => Command::ResyncReply,
             0x0E => Command::ResyncNegative,
             0x0F => Command::Disconnect,
+            0x10 => Command::ResyncAck,
             _ => return None,
         })
     }
@@ -326,7 +329,8 @@ impl Command {
             | Command::Bitmap
             | Command::ResyncRequest
             | Command::ResyncReply
-            | Command::ResyncNegative => 24,
+            | Command::ResyncNegative
+            | Command::ResyncAck => 24,
             Command::SmallWrite
             | Command::WriteNotify
             | Command::Ack
@@ -371,6 +375,7 @@ impl Command {
             Command::ResyncReply => "resync-reply",
             Command::ResyncNegative => "resync-negative",
             Command::Disconnect => "disconnect",
+            Command::ResyncAck => "resync-ack",
         }
     }
 }
@@ -536,6 +541,38 @@ pub struct Uuids {
     pub history: [u64; 2],
 }
 
+/// Which of a connection's two sockets a handshake opens. A connection is a pair: the data
+/// socket carries writes (and later resync data) from the primary, the meta socket carries
+/// heartbeats in both directions and the secondary's acks, so neither waits behind bulk data
+/// (DRBD's data and meta sockets). The data socket's handshake comes first; the next meta
+/// handshake from the same peer completes the pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Writes and resync data (wire value 0).
+    #[default]
+    Data,
+    /// Heartbeats and acknowledgements (wire value 1).
+    Meta,
+}
+
+impl Channel {
+    /// Wire value.
+    pub const fn to_wire(self) -> u8 {
+        match self {
+            Channel::Data => 0,
+            Channel::Meta => 1,
+        }
+    }
+    /// From a wire value, `None` if unknown.
+    pub const fn from_wire(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Channel::Data),
+            1 => Some(Channel::Meta),
+            _ => None,
+        }
+    }
+}
+
 /// Content of a [`Message::Handshake`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handshake {
@@ -556,6 +593,8 @@ pub struct Handshake {
     pub uuids: Uuids,
     /// The sender's role.
     pub role: Role,
+    /// The socket this handshake opens.
+    pub channel: Channel,
 }
 
 /// What two handshakes agree on.
@@ -707,6 +746,13 @@ pub enum Message<'a> {
         /// Number of sectors (>= 1).
         sectors: u32,
     },
+    /// The resync data of `sector..sector+sectors` is durable on the sync target.
+    ResyncAck {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors (>= 1).
+        sectors: u32,
+    },
     /// The sender closes the connection.
     Disconnect {
         /// Reason code ([`reason`] constants; others allowed).
@@ -797,12 +843,21 @@ pub fn write_headers(meta: WriteMeta, inline_max: u32) -> Result<WriteHeaders, E
     };
     if fits_inline(meta.len, inline_max) {
         check_write(&meta, len, &ENCODE_LIMITS, true)?;
-        Ok(WriteHeaders::Small(header(Message::SmallWrite { meta, data: &[] }, len)))
+        Ok(WriteHeaders::Small(header(
+            Message::SmallWrite { meta, data: &[] },
+            len,
+        )))
     } else {
         check_write(&meta, len, &ENCODE_LIMITS, false)?;
-        let notify = Message::WriteNotify { seq: meta.seq, len: meta.len };
+        let notify = Message::WriteNotify {
+            seq: meta.seq,
+            len: meta.len,
+        };
         notify.validate(&ENCODE_LIMITS)?;
-        Ok(WriteHeaders::Large(header(notify, 0), header(Message::WriteData { meta, data: &[] }, len)))
+        Ok(WriteHeaders::Large(
+            header(notify, 0),
+            header(Message::WriteData { meta, data: &[] }, len),
+        ))
     }
 }
 
@@ -880,6 +935,7 @@ impl<'a> Message<'a> {
             Message::ResyncRequest { .. } => Command::ResyncRequest,
             Message::ResyncReply { .. } => Command::ResyncReply,
             Message::ResyncNegative { .. } => Command::ResyncNegative,
+            Message::ResyncAck { .. } => Command::ResyncAck,
             Message::Disconnect { .. } => Command::Disconnect,
         }
     }
@@ -945,7 +1001,8 @@ impl<'a> Message<'a> {
             | Message::Pong(_)
             | Message::Disconnect { .. } => Ok(()),
             Message::OutOfSync { sector, sectors }
-            | Message::ResyncNegative { sector, sectors } => check_range(*sector, *sectors, lim),
+            | Message::ResyncNegative { sector, sectors }
+            | Message::ResyncAck { sector, sectors } => check_range(*sector, *sectors, lim),
             Message::ResyncRequest { sector, sectors } => {
                 check_range(*sector, *sectors, lim)?;
                 check_data_size(*sectors, lim)
@@ -1011,7 +1068,7 @@ impl<'a> Message<'a> {
                 put_u32(&mut h, A + 4, hs.features); //     12: u32 features
                 put_u64(&mut h, E, hs.dev_sectors); //      16: u64 dev_sectors
                 put_u32(&mut h, E + 8, hs.region_size); //  24: u32 region_size
-                                                        //                                          28: u32 reserved
+                put_u8(&mut h, E + 12, hs.channel.to_wire()); // 28: u8 channel, 29..32 reserved
                 put_u64(&mut h, E + 16, hs.uuids.current); // 32: u64 current uuid
                 put_u64(&mut h, E + 24, hs.uuids.bitmap); //  40: u64 bitmap uuid
                 put_u64(&mut h, E + 32, hs.uuids.history[0]); // 48: u64 history[0]
@@ -1055,7 +1112,8 @@ impl<'a> Message<'a> {
             | Message::ResyncReply {
                 sector, sectors, ..
             }
-            | Message::ResyncNegative { sector, sectors } => {
+            | Message::ResyncNegative { sector, sectors }
+            | Message::ResyncAck { sector, sectors } => {
                 put_u32(&mut h, A, sectors); //  8: u32 sectors, 12..16 reserved
                 put_u64(&mut h, E, sector); //  16: u64 sector
             }
@@ -1263,8 +1321,9 @@ pub fn decode_parts<'a>(
     const E: usize = off::EXT;
     let msg = match cmd {
         Command::Handshake => {
-            reserved(h, E + 12, E + 16)?; // 28: u32 reserved
+            reserved(h, E + 13, E + 16)?; // 29..32 reserved
             Message::Handshake(Handshake {
+                channel: Channel::from_wire(get_u8(h, E + 12)?).ok_or(DecodeError::BadField)?,
                 proto_min: get_u8(h, A)?,
                 proto_max: get_u8(h, A + 1)?,
                 node_id: get_u8(h, A + 2)?,
@@ -1347,7 +1406,8 @@ pub fn decode_parts<'a>(
         Command::OutOfSync
         | Command::ResyncRequest
         | Command::ResyncReply
-        | Command::ResyncNegative => {
+        | Command::ResyncNegative
+        | Command::ResyncAck => {
             reserved(h, A + 4, A + 8)?;
             let sectors = get_u32(h, A)?;
             let sector = get_u64(h, E)?;
@@ -1355,6 +1415,7 @@ pub fn decode_parts<'a>(
                 Command::OutOfSync => Message::OutOfSync { sector, sectors },
                 Command::ResyncRequest => Message::ResyncRequest { sector, sectors },
                 Command::ResyncNegative => Message::ResyncNegative { sector, sectors },
+                Command::ResyncAck => Message::ResyncAck { sector, sectors },
                 _ => Message::ResyncReply {
                     sector,
                     sectors,

@@ -8,9 +8,9 @@ mod wire_samples;
 
 use proptest::prelude::*;
 use rmirror_core::wire::{
-    self, decode, decode_next, fits_inline, frame_len, plan_write, AckKind, BarrierFlags, Command,
-    DecodeError, EncodeError, Handshake, Limits, Message, Ping, RleApply, Role, Uuids, WriteFlags,
-    WriteMeta, WritePlan, MAX_DEV_SECTORS, MAX_PAYLOAD, PREAMBLE_LEN, SMALL_WRITE_MAX,
+    self, decode, decode_next, fits_inline, frame_len, plan_write, AckKind, BarrierFlags, Channel,
+    Command, DecodeError, EncodeError, Handshake, Limits, Message, Ping, RleApply, Role, Uuids,
+    WriteFlags, WriteMeta, WritePlan, MAX_DEV_SECTORS, MAX_PAYLOAD, PREAMBLE_LEN, SMALL_WRITE_MAX,
 };
 use static_assertions::const_assert_eq;
 use wire_samples::encode;
@@ -50,6 +50,7 @@ enum Shape {
     ResyncRequest { sector: u64, sectors: u32 },
     ResyncReply { sector: u64, sectors: u32 },
     ResyncNegative { sector: u64, sectors: u32 },
+    ResyncAck { sector: u64, sectors: u32 },
     Disconnect { reason: u32 },
 }
 
@@ -88,6 +89,7 @@ impl Case {
             Shape::ResyncNegative { sector, sectors } => {
                 Message::ResyncNegative { sector, sectors }
             }
+            Shape::ResyncAck { sector, sectors } => Message::ResyncAck { sector, sectors },
             Shape::Disconnect { reason } => Message::Disconnect { reason },
         }
     }
@@ -141,21 +143,25 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
         rmirror_core::bitmap::MIN_REGION_SHIFT..=rmirror_core::bitmap::MAX_REGION_SHIFT,
         any::<[u64; 4]>(),
         prop_oneof![Just(Role::Primary), Just(Role::Secondary)],
+        prop_oneof![Just(Channel::Data), Just(Channel::Meta)],
     )
         .prop_map(
-            |((proto_min, proto_max), features, node_id, dev_sectors, shift, u, role)| Handshake {
-                proto_min,
-                proto_max,
-                features,
-                node_id,
-                dev_sectors,
-                region_size: 1 << shift,
-                uuids: Uuids {
-                    current: u[0],
-                    bitmap: u[1],
-                    history: [u[2], u[3]],
-                },
-                role,
+            |((proto_min, proto_max), features, node_id, dev_sectors, shift, u, role, channel)| {
+                Handshake {
+                    proto_min,
+                    proto_max,
+                    features,
+                    node_id,
+                    dev_sectors,
+                    region_size: 1 << shift,
+                    uuids: Uuids {
+                        current: u[0],
+                        bitmap: u[1],
+                        history: [u[2], u[3]],
+                    },
+                    role,
+                    channel,
+                }
             },
         )
 }
@@ -251,6 +257,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
         }),
         arb_range(u32::MAX)
             .prop_map(move |(sector, sectors)| nop(Shape::ResyncNegative { sector, sectors })),
+        arb_range(u32::MAX).prop_map(move |(sector, sectors)| nop(Shape::ResyncAck { sector, sectors })),
         any::<u32>().prop_map(move |reason| nop(Shape::Disconnect { reason })),
     ]
 }
@@ -464,7 +471,7 @@ fn golden_bytes() {
         &[0x52, 0x4d, 0x01, 0x01, 48, 0, 0, 0, 1, 1, 2, 2, 1, 0, 0, 0]
     );
     assert_eq!(&hs[16..24], &wire_samples::DEV_SECTORS.to_le_bytes());
-    assert_eq!(&hs[24..32], &[0, 0x10, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&hs[24..32], &[0, 0x10, 0, 0, 1, 0, 0, 0]); // region size, channel meta
     assert_eq!(&hs[32..40], &0x1111u64.to_le_bytes());
     assert_eq!(&hs[56..64], &0x4444u64.to_le_bytes());
 
@@ -558,7 +565,8 @@ fn field_errors() {
     assert_eq!(bad(patched(&f[5], 13, &[1])), Err(DecodeError::BadField)); // ack
     assert_eq!(bad(patched(&f[4], 14, &[1])), Err(DecodeError::BadField)); // write data
     assert_eq!(bad(patched(&f[4], 28, &[1])), Err(DecodeError::BadField));
-    assert_eq!(bad(patched(&f[0], 28, &[1])), Err(DecodeError::BadField)); // handshake
+    assert_eq!(bad(patched(&f[0], 29, &[1])), Err(DecodeError::BadField)); // handshake
+    assert_eq!(bad(patched(&f[0], 28, &[2])), Err(DecodeError::BadField)); // unknown channel
     assert_eq!(bad(patched(&f[10], 12, &[1])), Err(DecodeError::BadField)); // ping
     assert_eq!(bad(patched(&f[17], 15, &[1])), Err(DecodeError::BadField)); // disconnect
                                                                             // Unknown flag bits and enum values.
@@ -670,6 +678,10 @@ fn out_of_range_rejected() {
                 data: &data,
             },
             Message::ResyncNegative {
+                sector: s,
+                sectors: 8,
+            },
+            Message::ResyncAck {
                 sector: s,
                 sectors: 8,
             },
@@ -1063,12 +1075,20 @@ fn handshake_region_size_outside_the_bitmap_range_is_rejected() {
         let mut h = wire_samples::handshake();
         h.region_size = bad;
         let m = Message::Handshake(h);
-        assert_eq!(m.validate(&Limits::new(u64::MAX)), Err(DecodeError::BadField), "region_size {bad}");
+        assert_eq!(
+            m.validate(&Limits::new(u64::MAX)),
+            Err(DecodeError::BadField),
+            "region_size {bad}"
+        );
     }
     for good in [4096u32, 65536, 1 << 20] {
         let mut h = wire_samples::handshake();
         h.region_size = good;
-        assert_eq!(Message::Handshake(h).validate(&Limits::new(u64::MAX)), Ok(()), "region_size {good}");
+        assert_eq!(
+            Message::Handshake(h).validate(&Limits::new(u64::MAX)),
+            Ok(()),
+            "region_size {good}"
+        );
     }
 }
 

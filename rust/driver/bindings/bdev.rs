@@ -78,6 +78,19 @@ impl BackingDev {
         kernel::error::to_result(ret)
     }
 
+    /// Reads into `buf[range]` from `sector` and waits for completion; the buffer rules of
+    /// [`BackingDev::write_sync`] apply.
+    pub(crate) fn read_sync(&self, sector: u64, buf: &mut KVVec<u8>, range: core::ops::Range<usize>) -> Result {
+        let data = buf.get_mut(range).ok_or(EINVAL)?;
+        if data.is_empty() {
+            return Err(EINVAL);
+        }
+        // SAFETY: as in `write_sync`; `data` is borrowed mutably for the whole synchronous
+        // call, so nothing else reads or writes it while the device fills it.
+        let ret = unsafe { ffi::rmirror_read_sync(self.as_raw(), sector, data.as_mut_ptr().cast(), data.len()) };
+        kernel::error::to_result(ret)
+    }
+
     /// Flushes the device's volatile write cache.
     pub(crate) fn flush(&self) -> Result {
         // SAFETY: `bdev` is valid by the type invariant.

@@ -61,6 +61,7 @@ unsafe extern "C" {
         preflush: bool,
         fua: bool,
     ) -> c_int;
+    pub(super) fn rmirror_read_sync(bdev: *mut block_device, sector: u64, buf: *mut c_void, len: usize) -> c_int;
 
     pub(super) fn rmirror_sock_listen(addr: u32, port: u16, res: *mut *mut socket) -> c_int;
     pub(super) fn rmirror_sock_accept(lsock: *mut socket, res: *mut *mut socket) -> c_int;
@@ -71,6 +72,7 @@ unsafe extern "C" {
     pub(super) fn rmirror_sock_shutdown(sock: *mut socket);
     pub(super) fn rmirror_sock_release(sock: *mut socket);
     pub(super) fn rmirror_sock_peer(sock: *mut socket, addr: *mut u32, port: *mut u16) -> c_int;
+    pub(super) fn rmirror_sock_set_rcvtimeo(sock: *mut socket, ms: c_uint);
 
     pub(super) fn rmirror_fault_init();
     pub(super) fn rmirror_fault_exit();

@@ -44,10 +44,6 @@ pub(crate) mod errno {
     pub(crate) fn eopnotsupp() -> Error {
         e(bindings::EOPNOTSUPP)
     }
-    /// `EPROTO`: the peer broke the protocol.
-    pub(crate) fn eproto() -> Error {
-        e(bindings::EPROTO)
-    }
 }
 
 /// Runs `f` in a `memalloc_noio` scope: allocations inside behave as GFP_NOIO, so the I/O

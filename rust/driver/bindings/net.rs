@@ -130,6 +130,13 @@ impl Socket {
         Ok(SockAddr { ip, port })
     }
 
+    /// Makes blocking receives return after `ms` without data (default one second), so a
+    /// receiving thread can run a timer between receives.
+    pub(crate) fn set_rcv_timeout_ms(&self, ms: u32) {
+        // SAFETY: `self.0` is valid by the type invariant; the shim only stores the timeout.
+        unsafe { ffi::rmirror_sock_set_rcvtimeo(self.0.as_ptr(), ms) };
+    }
+
     /// Shuts the connection down both ways, waking any thread blocked on it.
     pub(crate) fn shutdown(&self) {
         // SAFETY: `self.0` is valid by the type invariant.

@@ -17,6 +17,8 @@ pub(crate) trait Transport: Send + Sync {
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result;
     /// Breaks the connection; blocked senders and receivers return at once.
     fn shutdown(&self);
+    /// Makes a blocked receive consult its `stop` callback every `ms` (default: every second).
+    fn set_tick_ms(&self, ms: u32);
 }
 
 /// Why a frame could not be received.

@@ -43,4 +43,8 @@ impl Transport for Tcp {
     fn shutdown(&self) {
         self.sock.shutdown();
     }
+
+    fn set_tick_ms(&self, ms: u32) {
+        self.sock.set_rcv_timeout_ms(ms);
+    }
 }

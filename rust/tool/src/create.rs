@@ -6,6 +6,7 @@ use std::io;
 
 use clap::{Args, ValueEnum};
 use rmirror_core::table::{self, Protocol, Role, SockAddr, Table, TableError};
+use rmirror_core::state::conn::Config as Timing;
 
 use crate::error::Failure;
 use crate::sys;
@@ -59,6 +60,26 @@ pub struct TableOpts {
     /// Node id, 0..=31 [default: 0 for primary, 1 for secondary]
     #[arg(long, value_name = "ID")]
     pub node_id: Option<u8>,
+
+    /// Heartbeat period in ms, each way (100..=60000) [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub ping_interval: Option<u32>,
+
+    /// Outage after this many ms without traffic or a pong (> ping interval, <= 600000) [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub timeout: Option<u32>,
+
+    /// Heartbeats needed without a miss after an outage before replication resumes, ms (0..=600000) [default: 3000]
+    #[arg(long, value_name = "MS")]
+    pub probation: Option<u32>,
+
+    /// Delay between connection attempts in ms (100..=600000) [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub connect_retry: Option<u32>,
+
+    /// Longest outage whose writes stay queued, ms (0 = no limit, else timeout..=86400000) [default: 60000]
+    #[arg(long, value_name = "MS")]
+    pub outage_max: Option<u32>,
 
     /// Device size in 512-byte sectors [default: the size of the backing device]
     #[arg(long, value_name = "SECTORS")]
@@ -138,6 +159,16 @@ impl TableOpts {
             protocol: self.protocol.map_or(Protocol::C, Protocol::from),
             inline_max: self.inline_max.unwrap_or(table::INLINE_MAX_DEFAULT),
             node_id: self.node_id.unwrap_or(role.default_node_id()),
+            timing: {
+                let d = Timing::DEFAULT;
+                Timing {
+                    ping_interval_ms: self.ping_interval.unwrap_or(d.ping_interval_ms),
+                    timeout_ms: self.timeout.unwrap_or(d.timeout_ms),
+                    probation_ms: self.probation.unwrap_or(d.probation_ms),
+                    connect_retry_ms: self.connect_retry.unwrap_or(d.connect_retry_ms),
+                    outage_max_ms: self.outage_max.unwrap_or(d.outage_max_ms),
+                }
+            },
         };
         // A path with whitespace would split into several fields: catch it by name.
         if backing.chars().any(char::is_whitespace) {

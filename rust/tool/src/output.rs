@@ -16,7 +16,7 @@ pub enum Format {
 }
 
 /// Keys whose values stay JSON strings even when they look numeric (a device may be named "0").
-const STRING_KEYS: [&str; 7] = [
+const STRING_KEYS: [&str; 9] = [
     status::NAME,
     status::ROLE,
     status::CSTATE,
@@ -24,6 +24,8 @@ const STRING_KEYS: [&str; 7] = [
     status::LOCAL,
     status::PROTOCOL,
     status::BACKING,
+    status::REPL,
+    status::DISK,
 ];
 
 /// A value as JSON: decimal integers become numbers, everything else a string.
@@ -112,7 +114,9 @@ mod tests {
 
     const LINE: &str = "name=r0 minor=0 role=primary cstate=connected peer=10.0.0.2:7788 \
         local=10.0.0.1:7788 protocol=C backing=/dev/vdb size=2048 inline_max=4096 writes=3 \
-        write_bytes=12288 small_writes=3 large_writes=0 acks=3 out_of_sync=0 inflight=0";
+        write_bytes=12288 small_writes=3 large_writes=0 acks=3 out_of_sync=0 inflight=0 \
+        connect_attempts=2 connects=1 timeouts=0 pings=5 pongs=4 repl=established disk=up_to_date \
+        resynced=8 resync_eta=0";
 
     #[test]
     fn status_to_json() {
@@ -124,7 +128,9 @@ mod tests {
                 "peer": "10.0.0.2:7788", "local": "10.0.0.1:7788", "protocol": "C",
                 "backing": "/dev/vdb", "size": 2048, "inline_max": 4096, "writes": 3,
                 "write_bytes": 12288, "small_writes": 3, "large_writes": 0, "acks": 3,
-                "out_of_sync": 0, "inflight": 0
+                "out_of_sync": 0, "inflight": 0, "connect_attempts": 2, "connects": 1,
+                "timeouts": 0, "pings": 5, "pongs": 4, "repl": "established", "disk": "up_to_date",
+                "resynced": 8, "resync_eta": 0
             })
         );
         // Order is the kernel's.

@@ -3,7 +3,8 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 use rmirror_core::wire::{
-    self, AckKind, BarrierFlags, Handshake, Message, Ping, Role, Uuids, WriteFlags, WriteMeta,
+    self, AckKind, BarrierFlags, Channel, Handshake, Message, Ping, Role, Uuids, WriteFlags,
+    WriteMeta,
 };
 
 /// Device size the samples are valid for.
@@ -29,6 +30,7 @@ pub fn handshake() -> Handshake {
             history: [0x3333, 0x4444],
         },
         role: Role::Secondary,
+        channel: Channel::Meta,
     }
 }
 
@@ -131,6 +133,10 @@ pub fn frames() -> Vec<Vec<u8>> {
         },
         Message::Disconnect {
             reason: wire::reason::SHUTDOWN,
+        },
+        Message::ResyncAck {
+            sector: 200,
+            sectors: 16,
         },
     ];
     msgs.iter().map(encode).collect()

@@ -1,0 +1,300 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Connections: how a pair of sockets to the peer comes up, and the glue between the threads
+//! and the core's connection state machine (`rcore::state::conn`).
+//!
+//! A connection is two TCP sockets, as in DRBD: the *data* socket carries the primary's writes,
+//! the *meta* socket carries heartbeats both ways and the secondary's acks, so a ping or an ack
+//! never waits behind megabytes of write data in a send buffer. The primary connects both
+//! (data first); each opens with a handshake naming its channel. The secondary accepts at any
+//! time: a new data handshake from the peer replaces whatever connection it had (the peer
+//! restarted, or its side of the old one is gone), the following meta handshake completes it.
+//!
+//! Every step has a deadline: a connect gives up after a second, a handshake after the
+//! `timeout` tunable (the state machine's Handshake timeout, enforced by the heartbeat thread),
+//! and a complete connection is declared dead when the peer stays silent for `timeout`.
+
+use crate::bindings::net::Socket;
+use crate::bindings::thread::sleep_ms;
+use crate::device::{Addr, CState, Device, Queues, Role, MAX_IO_SECTORS};
+use crate::rcore::wire::{self, feature, Channel, Handshake, Limits, Message, Uuids};
+use crate::transport::{max_frame, recv_msg, send_msg, tcp::Tcp, RecvError, Transport};
+use core::sync::atomic::Ordering::Relaxed;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+pub(crate) const MAX_IO_BYTES: u32 = MAX_IO_SECTORS << wire::SECTOR_SHIFT;
+/// Bytes of device per bitmap bit announced in the handshake (the bitmap comes later).
+const REGION_SIZE: u32 = 4096;
+/// The meta socket's receive tick: the heartbeat timers' resolution.
+pub(crate) const META_TICK_MS: u32 = 100;
+
+/// The secondary's listening socket and device.
+pub(crate) struct Listener {
+    pub(crate) dev: Arc<Device>,
+    pub(crate) sock: Socket,
+}
+
+/// A receive buffer for frames with payloads up to `max_payload` bytes.
+pub(crate) fn frame_buffer(dev: &Device, max_payload: u32) -> Option<KVVec<u8>> {
+    let buf = KVVec::from_elem(0u8, max_frame(max_payload), GFP_KERNEL).ok();
+    if buf.is_none() {
+        pr_err!("{}: no memory for the receive buffer\n", &*dev.cfg.name);
+    }
+    buf
+}
+
+/// Sleeps up to `ms`, returning early when the device stops.
+fn pause(dev: &Device, ms: u32) {
+    let mut left = ms;
+    while left > 0 && !dev.stopping() {
+        sleep_ms(left.min(100));
+        left = left.saturating_sub(100);
+    }
+}
+
+/// Why a transport error ended a connection, in words.
+pub(crate) fn io_reason(e: Error) -> &'static str {
+    if e == crate::bindings::errno::econnreset() {
+        "the peer closed the connection"
+    } else if e == crate::bindings::errno::eshutdown() {
+        "shut down"
+    } else {
+        "receive failed"
+    }
+}
+
+impl Device {
+    /// Installs the data socket of a new connection with its own queues (state Handshake);
+    /// returns its generation. `None` when the device is stopping.
+    fn attach(&self, link: Arc<dyn Transport>, queues: Queues) -> Option<u64> {
+        let now = self.now_ms();
+        let mut c = self.conn.lock();
+        if c.stopping || c.link.is_some() {
+            return None;
+        }
+        c.sm.on_connected(now).ok()?;
+        c.generation += 1;
+        c.link = Some(link);
+        queues.install(&mut c);
+        Some(c.generation)
+    }
+
+    /// The meta socket completes connection `generation`: heartbeats start, and replication
+    /// starts at once, or after probation when this connection ends an outage.
+    fn complete(&self, generation: u64, meta: Arc<dyn Transport>, small_writes: bool) -> core::result::Result<(), &'static str> {
+        let now = self.now_ms();
+        let (state, probation) = {
+            let mut c = self.conn.lock();
+            if c.generation != generation || c.link.is_none() || c.meta.is_some() {
+                return Err("the connection was replaced");
+            }
+            c.sm.on_handshake_ok(now).map_err(|_| "the handshake timed out")?;
+            c.meta = Some(meta);
+            c.small_writes = small_writes;
+            (c.sm.state(), c.sm.config().probation_ms)
+        };
+        self.stats.connects.fetch_add(1, Relaxed);
+        self.link_changed.notify_all();
+        self.work.notify_all();
+        if state == CState::Probation {
+            pr_info!("{}: connected to {} (small writes {}); on probation for {} ms\n", &*self.cfg.name,
+                Addr(self.cfg.peer), if small_writes { "on" } else { "off" }, probation);
+        } else {
+            pr_info!("{}: connected to {} (small writes {})\n", &*self.cfg.name, Addr(self.cfg.peer),
+                if small_writes { "on" } else { "off" });
+        }
+        Ok(())
+    }
+
+    /// Our handshake on `channel`.
+    fn our_handshake(&self, channel: Channel) -> Handshake {
+        Handshake {
+            proto_min: wire::VERSION_MIN,
+            proto_max: wire::VERSION,
+            features: feature::ALL,
+            node_id: self.cfg.node_id,
+            dev_sectors: self.cfg.sectors,
+            region_size: REGION_SIZE,
+            uuids: Uuids::default(),
+            role: match self.cfg.role {
+                Role::Primary => wire::Role::Primary,
+                Role::Secondary => wire::Role::Secondary,
+            },
+            channel,
+        }
+    }
+
+    /// Checks that the peer's handshake fits ours; returns whether small writes are on.
+    fn check_peer(&self, peer: &Handshake) -> core::result::Result<bool, &'static str> {
+        let ours = self.our_handshake(peer.channel);
+        let neg = ours.negotiate(peer).ok_or("no common protocol version")?;
+        if peer.role == ours.role {
+            return Err("the peer has the same role");
+        }
+        match self.cfg.role {
+            Role::Primary if peer.dev_sectors < self.cfg.sectors => Err("the peer's device is smaller than ours"),
+            Role::Secondary if peer.dev_sectors > self.cfg.sectors => Err("the peer's device is larger than ours"),
+            _ => Ok(neg.features & feature::SMALL_WRITE != 0),
+        }
+    }
+
+    /// Receives the peer's handshake on `link`, waiting at most the `timeout` tunable.
+    fn recv_handshake(&self, link: &dyn Transport, buf: &mut [u8]) -> core::result::Result<Handshake, &'static str> {
+        let deadline = self.now_ms().saturating_add(u64::from(self.conn.lock().sm.config().timeout_ms));
+        let stop = || self.stopping() || self.now_ms() >= deadline;
+        let lim = Limits { dev_sectors: self.cfg.sectors, max_payload: 0 };
+        match recv_msg(link, buf, &lim, &stop) {
+            Ok(Message::Handshake(h)) => Ok(h),
+            Ok(_) => Err("expected a handshake"),
+            Err(RecvError::Protocol(e)) => Err(e.as_str()),
+            Err(RecvError::Io(_)) => Err("no handshake received in time"),
+        }
+    }
+
+    /// Whether connection `generation` is still the current one.
+    pub(crate) fn is_current(&self, generation: u64) -> bool {
+        let c = self.conn.lock();
+        !c.stopping && c.generation == generation && c.link.is_some()
+    }
+
+    /// The peer sent something on connection `generation`: it is alive.
+    pub(crate) fn traffic(&self, generation: u64) {
+        let now = self.now_ms();
+        let mut c = self.conn.lock();
+        if c.generation == generation {
+            let _ = c.sm.on_traffic(now);
+        }
+    }
+
+    /// Primary: one connection attempt, both sockets. Returns the generation when complete.
+    fn connect_once(&self, buf: &mut [u8]) -> core::result::Result<u64, Option<(u64, &'static str)>> {
+        self.stats.connect_attempts.fetch_add(1, Relaxed);
+        let data: Arc<dyn Transport> = Socket::connect(self.cfg.peer).and_then(Tcp::new).map_err(|_| None)?;
+        let queues = Queues::new().map_err(|_| None)?;
+        let generation = self.attach(data.clone(), queues).ok_or(None)?;
+        let fail = |why| Some((generation, why));
+        let stop = || !self.is_current(generation);
+        send_msg(&*data, &Message::Handshake(self.our_handshake(Channel::Data)), &stop)
+            .map_err(|_| fail("cannot send the handshake"))?;
+        let peer = self.recv_handshake(&*data, buf).map_err(fail)?;
+        if peer.channel != Channel::Data {
+            return Err(fail("the peer answered on the wrong channel"));
+        }
+        let small = self.check_peer(&peer).map_err(fail)?;
+        let meta: Arc<dyn Transport> = Socket::connect(self.cfg.peer).and_then(Tcp::new)
+            .map_err(|_| fail("cannot connect the meta socket"))?;
+        meta.set_tick_ms(META_TICK_MS);
+        send_msg(&*meta, &Message::Handshake(self.our_handshake(Channel::Meta)), &stop)
+            .map_err(|_| fail("cannot send the meta handshake"))?;
+        let peer = self.recv_handshake(&*meta, buf).map_err(fail)?;
+        if peer.channel != Channel::Meta {
+            return Err(fail("the peer answered on the wrong channel"));
+        }
+        self.check_peer(&peer).map_err(fail)?;
+        self.complete(generation, meta, small).map_err(fail)?;
+        Ok(generation)
+    }
+
+    /// Waits until connection `generation` is gone or the device stops.
+    fn wait_lost(&self, generation: u64) {
+        let mut c = self.conn.lock();
+        while !c.stopping && c.generation == generation && c.link.is_some() {
+            let _ = self.link_changed.wait_interruptible_timeout(&mut c, kernel::time::msecs_to_jiffies(1000));
+        }
+    }
+
+    /// The `connect_retry` tunable.
+    fn retry_ms(&self) -> u32 {
+        self.conn.lock().sm.config().connect_retry_ms
+    }
+}
+
+/// Primary connection thread: connects whenever there is no connection, then waits for it
+/// to end; attempts are `connect_retry` apart.
+pub(crate) fn primary_connect(dev: &Arc<Device>) {
+    let Some(mut buf) = frame_buffer(dev, 0) else { return };
+    while !dev.stopping() {
+        match dev.connect_once(&mut buf) {
+            Ok(generation) => dev.wait_lost(generation),
+            Err(failed) => {
+                if let Some((generation, why)) = failed {
+                    dev.connection_lost(generation, why);
+                }
+                pause(dev, dev.retry_ms());
+            }
+        }
+    }
+}
+
+/// Secondary listener thread: accepts the peer's sockets at any time and pairs them.
+pub(crate) fn secondary_accept(l: &Arc<Listener>) {
+    let dev = &l.dev;
+    let Some(mut buf) = frame_buffer(dev, 0) else { return };
+    while !dev.stopping() {
+        let sock = match l.sock.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(_) => {
+                pause(dev, 100);
+                continue;
+            }
+        };
+        match sock.peer() {
+            Ok(a) if a.ip == dev.cfg.peer.ip => {}
+            Ok(a) => {
+                pr_warn!("{}: refused a connection from {}\n", &*dev.cfg.name, Addr(a));
+                continue;
+            }
+            Err(_) => continue,
+        }
+        dev.stats.connect_attempts.fetch_add(1, Relaxed);
+        let Ok(tcp) = Tcp::new(sock) else { continue };
+        let link: Arc<dyn Transport> = tcp;
+        if let Err(why) = accept_one(dev, link, &mut buf) {
+            pr_warn!("{}: refused a connection from {}: {}\n", &*dev.cfg.name, Addr(dev.cfg.peer), why);
+        }
+    }
+}
+
+/// Handles one accepted socket: a data socket starts a new connection (replacing the old
+/// one), a meta socket completes the pending one.
+fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8]) -> core::result::Result<(), &'static str> {
+    let peer = dev.recv_handshake(&*link, buf)?;
+    let small = dev.check_peer(&peer)?;
+    let stop = || dev.stopping();
+    match peer.channel {
+        Channel::Data => {
+            let old = {
+                let c = dev.conn.lock();
+                c.link.is_some().then_some(c.generation)
+            };
+            if let Some(g) = old {
+                dev.connection_lost(g, "the peer connected again");
+            }
+            let queues = Queues::new().map_err(|_| "out of memory")?;
+            let generation = dev.attach(link.clone(), queues).ok_or("the device is stopping")?;
+            if send_msg(&*link, &Message::Handshake(dev.our_handshake(Channel::Data)), &stop).is_err() {
+                dev.connection_lost(generation, "cannot send the handshake");
+            }
+            Ok(())
+        }
+        Channel::Meta => {
+            let generation = {
+                let c = dev.conn.lock();
+                match (&c.link, &c.meta, c.sm.state()) {
+                    (Some(_), None, CState::Handshake) => c.generation,
+                    _ => return Err("a meta socket without a data socket"),
+                }
+            };
+            link.set_tick_ms(META_TICK_MS);
+            if send_msg(&*link, &Message::Handshake(dev.our_handshake(Channel::Meta)), &stop).is_err() {
+                dev.connection_lost(generation, "cannot send the meta handshake");
+                return Ok(());
+            }
+            if let Err(why) = dev.complete(generation, link, small) {
+                dev.connection_lost(generation, why);
+            }
+            Ok(())
+        }
+    }
+}

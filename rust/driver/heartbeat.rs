@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The meta socket's thread, on both sides: heartbeats in both directions, dead-peer detection,
+//! probation, and (primary) the peer's acks.
+//!
+//! The thread owns the connection state machine's timer. With a complete connection it
+//! receives on the meta socket with a [`META_TICK_MS`] tick and runs `on_tick` at every tick
+//! and after every message, so a ping goes out every `ping_interval` and a peer silent for
+//! `timeout` (no message on either socket, or our ping unanswered) is declared dead within a
+//! tick of the deadline: the connection is torn down, every write waiting for the peer
+//! completes without it (counted out of sync) and the connect or accept side tries again.
+//! Without one it still ticks, which bounds a handshake by `timeout`.
+//!
+//! After an outage the state machine puts a new connection on probation: heartbeats must flow
+//! without a miss for `probation` before writes are replicated again (seed 002).
+
+use crate::conn::{io_reason, META_TICK_MS};
+use crate::device::{Device, Role};
+use crate::rcore::wire::{AckKind, Limits, Message, Ping};
+use crate::request::PeerPart;
+use crate::transport::{recv_msg, send_msg, RecvError, Transport};
+use core::cell::Cell;
+use core::sync::atomic::Ordering::Relaxed;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// Thread body.
+pub(crate) fn run(dev: &Arc<Device>) {
+    // Meta messages carry no payload: a frame is at most one header.
+    let Some(mut buf) = crate::conn::frame_buffer(dev, 0) else { return };
+    let mut served = 0;
+    while let Some((meta, generation)) = dev.wait_complete(served) {
+        served = generation;
+        let why = serve(dev, &*meta, generation, &mut buf);
+        dev.connection_lost(generation, why);
+    }
+}
+
+impl Device {
+    /// Waits for a complete connection newer than `served`, running the state machine's timer
+    /// meanwhile (handshake timeout, outage limits). `None` when the device stops.
+    fn wait_complete(&self, served: u64) -> Option<(Arc<dyn Transport>, u64)> {
+        loop {
+            let now = self.now_ms();
+            let (act, generation) = {
+                let mut c = self.conn.lock();
+                if c.stopping {
+                    return None;
+                }
+                if let (Some(m), true) = (&c.meta, c.generation > served) {
+                    return Some((m.clone(), c.generation));
+                }
+                let act = c.sm.on_tick(now);
+                if !act.close {
+                    let _ = self.link_changed.wait_interruptible_timeout(&mut c,
+                        kernel::time::msecs_to_jiffies(META_TICK_MS));
+                }
+                (act, c.generation)
+            };
+            if act.close {
+                self.connection_lost(generation, "the handshake timed out");
+            }
+        }
+    }
+
+    /// One timer tick of connection `generation`; sends a ping when one is due. Returns why
+    /// the connection must end, if it must.
+    fn heartbeat(&self, generation: u64, meta: &dyn Transport) -> Option<&'static str> {
+        let now = self.now_ms();
+        let (act, timeout) = {
+            let mut c = self.conn.lock();
+            if c.stopping {
+                return Some("shut down");
+            }
+            if c.generation != generation || c.meta.is_none() {
+                return Some("replaced by a new connection");
+            }
+            (c.sm.on_tick(now), c.sm.config().timeout_ms)
+        };
+        if act.close {
+            self.stats.timeouts.fetch_add(1, Relaxed);
+            pr_warn!("{}: the peer is silent: nothing heard for {} ms\n", &*self.cfg.name, timeout);
+            return Some("the peer timed out");
+        }
+        if act.resume {
+            pr_info!("{}: probation passed: replicating again\n", &*self.cfg.name);
+        }
+        if act.send_ping {
+            let ping = Message::Ping(Ping { seq: self.stats.pings.fetch_add(1, Relaxed) as u32, timestamp: now });
+            if send_msg(meta, &ping, &|| self.stopping()).is_err() {
+                return Some("cannot send a ping");
+            }
+        }
+        None
+    }
+
+    /// Applies `f` to the state machine of connection `generation`, if current.
+    fn sm_event(&self, generation: u64, f: impl FnOnce(&mut crate::rcore::state::conn::Conn, u64)) {
+        let now = self.now_ms();
+        let mut c = self.conn.lock();
+        if c.generation == generation {
+            f(&mut c.sm, now);
+        }
+    }
+
+    /// The peer acknowledged write `seq`: finish its peer half.
+    fn ack(&self, generation: u64, seq: u32, ok: bool) -> core::result::Result<(), &'static str> {
+        let now = self.now_ms();
+        let req = {
+            let mut c = self.conn.lock();
+            if c.generation != generation {
+                return Err("replaced by a new connection");
+            }
+            let _ = c.sm.on_traffic(now);
+            let i = c.inflight.iter().position(|r| r.seq == seq).ok_or("ack for an unknown write")?;
+            c.inflight.remove(i).map_err(|_| "ack for an unknown write")?
+        };
+        req.net_done(ok);
+        Ok(())
+    }
+}
+
+/// Serves the meta socket of connection `generation` until it ends; returns why it ended.
+fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) -> &'static str {
+    let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: 0 };
+    let why = Cell::new(None);
+    let poll = || {
+        if why.get().is_none() {
+            why.set(dev.heartbeat(generation, meta));
+        }
+        why.get().is_some()
+    };
+    let primary = dev.cfg.role == Role::Primary;
+    loop {
+        let r = match recv_msg(meta, buf, &lim, &poll) {
+            Ok(Message::Ping(p)) => {
+                dev.sm_event(generation, |sm, now| {
+                    let _ = sm.on_ping(now);
+                });
+                send_msg(meta, &Message::Pong(p), &poll).map_err(|_| "cannot send a pong")
+            }
+            Ok(Message::Pong(_)) => {
+                dev.stats.pongs.fetch_add(1, Relaxed);
+                dev.sm_event(generation, |sm, now| {
+                    let _ = sm.on_pong(now);
+                });
+                Ok(())
+            }
+            Ok(Message::Ack { seq, kind }) if primary => match kind {
+                AckKind::Durable => dev.ack(generation, seq, true),
+                AckKind::Negative => dev.ack(generation, seq, false),
+                AckKind::Received => Ok(()),
+            },
+            Ok(Message::BarrierAck { nr, .. }) if primary => dev.ack(generation, nr, true),
+            Ok(Message::ResyncAck { sector, sectors }) if primary => {
+                dev.traffic(generation);
+                dev.resync_acked(generation, sector, sectors)
+            }
+            Ok(Message::Disconnect { .. }) => Err("the peer disconnected"),
+            Ok(_) => Err("unexpected message on the meta socket"),
+            Err(RecvError::Protocol(e)) => Err(e.as_str()),
+            Err(RecvError::Io(e)) => Err(why.get().unwrap_or(io_reason(e))),
+        };
+        if let Err(e) = r {
+            return why.get().unwrap_or(e);
+        }
+        if poll() {
+            return why.get().unwrap_or("shut down");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Link faults: a peer that goes silent is detected on both sides within the timeout, writes in flight
+complete without it, the connection comes back (after probation, once the link is stable), connects and
+handshakes give up in time, and the secondary takes a new connection from a restarted primary while its
+old one still looks alive.
+
+Faults are made with iptables in the guests (DROP both ways: a partition or a powered-off peer, as far
+as the other side can tell). Times are read from the guests' kernel logs: a marker line written when
+the fault starts, then the driver's own lines. Load is fio with crc32c verify plus rmirror-check, the
+per-block checker (Documentation/rmirror-check.rst), whose log of acknowledged writes is verified
+against the disks afterwards."""
+
+import base64
+import json
+import time
+
+import pytest
+
+from helpers import (CHECK, CTL, IP, PEER, PORT, background, connect_pair, create, cut, first_after, handshake, heal,
+                     klog, klog_marker, load, md5_dev, q, remove, status, sysfs_write, table, wait_background,
+                     wait_cstate)
+
+pytestmark = pytest.mark.usefixtures("clean_pair")
+
+# Fast timers, so a fault is detected in seconds even under TCG.
+TIMERS = "ping_interval=500 timeout=2000 probation=2000 connect_retry=500"
+TIMEOUT_S = 2.0
+
+
+def fio(offset_mib, size_mib, rate):
+    """4 KiB random writes at `rate` IOPS over [offset, offset+size) MiB of r0, then a crc32c read-back;
+    JSON to stdout."""
+    return (f"fio --name=load --filename=/dev/rmirror0 --ioengine=libaio --direct=1 --rw=randwrite --bs=4k "
+            f"--offset={offset_mib}M --size={size_mib}M --iodepth=4 --rate_iops={rate} --verify=crc32c "
+            f"--verify_fatal=1 --do_verify=1 --randrepeat=0 --output-format=json")
+
+
+def fio_result(out):
+    """(error, max completion latency in seconds) of a fio JSON report."""
+    rep = json.loads(out[out.index("{"):])
+    job = rep["jobs"][0]
+    return job["error"], job["write"]["clat_ns"]["max"] / 1e9
+
+
+def verify(vm, dev, logs, offset_mib, size_mib):
+    """rmirror-check verify: the JSON counts (the command's exit status is checked by the caller)."""
+    args = " ".join(f"--log {log}" for log in logs)
+    rc, out, err = vm.run3(f"{CHECK} verify {dev} {args} --offset {offset_mib}M --size {size_mib}M", 300)
+    assert rc in (0, 1), f"{vm.name}: rmirror-check verify failed to run ({rc}): {out}{err}"
+    res = json.loads(out.strip().splitlines()[-1])
+    res["rc"], res["problems"] = rc, err
+    return res
+
+
+def copy_file(src, dst, path):
+    """Copy a small file from one guest to the other (through the test driver)."""
+    blob = base64.b64encode(src.ok(f"cat {path}").encode()).decode()
+    dst.ok(f"echo {blob} | base64 -d > {path}")
+
+
+def test_silent_peer_detected_on_both_sides_and_writes_resume(pair):
+    """Partition the link for 5 s under load. Both sides must declare the peer dead within timeout + 1 s;
+    no write may wait longer than timeout + 1 s; every write acknowledged while connected must be on
+    beta; alpha keeps every write; after the link heals, the connection comes back through probation."""
+    a, b = pair.alpha, pair.beta
+    connect_pair(pair, opts=TIMERS)
+    # Phase 1, connected: every acknowledged write must reach beta.
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/c1.log --size 16M --jobs 4 --count 400 --seed 1", timeout=300)
+    # Phase 2: fio and the checker, with a partition in the middle.
+    background(a, fio(32, 4, 50), "fio")
+    background(a, f"{CHECK} write /dev/rmirror0 --log /tmp/c2.log --offset 16M --size 16M --jobs 4 "
+                  f"--seconds 16 --rate-per-sec 50 --seed 2", "check")
+    a.ok("sleep 3")
+    t_cut = pair.each(lambda vm: cut(vm, IP[PEER[vm.name]], marker="rmirror-test: cut"))
+    a.ok("sleep 5")
+    t_heal = klog_marker(a, "rmirror-test: heal")
+    pair.each(heal)
+    rc, out = wait_background(a, "fio", 300)
+    assert rc == 0, out
+    err, max_lat = fio_result(out)
+    rc, out = wait_background(a, "check", 300)
+    assert rc == 0, f"checker writer: {out}"
+    written = json.loads(out.strip().splitlines()[-1])
+    st_a = wait_cstate(a, "connected", timeout=60)
+    st_b = wait_cstate(b, "connected", timeout=60)
+    detect = {}
+    for vm in (a, b):
+        lines = klog(vm, "rmirror-test: start")
+        t = first_after(lines, t_cut[vm.name], "the peer is silent")
+        assert t is not None, f"{vm.name}: no dead-peer line after the cut:\n" + "\n".join(l for _, l in lines)
+        detect[vm.name] = t - t_cut[vm.name]
+    lines_a = klog(a, "rmirror-test: start")
+    t_back = first_after(lines_a, t_heal, "connected to")
+    t_resumed = first_after(lines_a, t_heal, "probation passed")
+    print(f"detect alpha {detect['alpha']:.2f}s beta {detect['beta']:.2f}s; fio max latency {max_lat:.2f}s; "
+          f"reconnect {t_back and t_back - t_heal}s, replicating {t_resumed and t_resumed - t_heal}s after the "
+          f"heal; checker {written}; alpha {st_a}; beta {st_b}")
+    for name, d in detect.items():
+        assert d <= TIMEOUT_S + 1.0, f"{name} took {d:.2f}s to notice the silent peer (timeout {TIMEOUT_S}s)"
+    assert err == 0, "fio reported an error (crc32c verify on alpha)"
+    assert max_lat <= TIMEOUT_S + 1.0, f"a write waited {max_lat:.2f}s (timeout {TIMEOUT_S}s)"
+    assert t_back is not None and t_resumed is not None, "\n".join(l for _, l in lines_a)
+    assert t_resumed - t_back >= 2.0 - 0.2, "replication resumed before the probation ended"
+    for st in (st_a, st_b):
+        assert st["timeouts"] >= 1 and st["connects"] >= 2, st
+    assert st_a["out_of_sync"] > 0, "writes made during the outage must be counted out of sync"
+    # Every write acknowledged while connected is on beta; alpha has all of them.
+    copy_file(a, b, "/tmp/c1.log")
+    res = verify(b, "/dev/vdb", ["/tmp/c1.log"], 0, 16)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["present"] == res["acknowledged"] > 0, res
+    res = verify(a, "/dev/rmirror0", ["/tmp/c1.log", "/tmp/c2.log"], 0, 32)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
+
+
+def test_flapping_link_holds_replication_on_probation(pair):
+    """Cut the link for 3 s every 5 s, four times: each cut is an outage, and no reconnection in between
+    may pass probation (4 s), so replication resumes only after the link is stable; attempts to connect
+    are paced by connect_retry (no storm)."""
+    a, b = pair.alpha, pair.beta
+    timers = "ping_interval=500 timeout=1500 probation=4000 connect_retry=500"
+    connect_pair(pair, opts=timers)
+    background(a, f"{CHECK} write /dev/rmirror0 --log /tmp/c.log --size 16M --jobs 2 --seconds 30 "
+                  f"--rate-per-sec 30 --seed 3", "check")
+    before = status(a)
+    t0 = klog_marker(a, "rmirror-test: flapping")
+    for _ in range(4):
+        pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
+        a.ok("sleep 3")
+        pair.each(heal)
+        a.ok("sleep 2")
+    t_stable = klog_marker(a, "rmirror-test: stable")
+    st = wait_cstate(a, "connected", timeout=60)
+    rc, out = wait_background(a, "check", 300)
+    assert rc == 0, out
+    lines = klog(a, "rmirror-test: flapping")
+    passed = [t for t, line in lines if "probation passed" in line]
+    connected = [t for t, line in lines if "connected to" in line]
+    attempts = st["connect_attempts"] - before["connect_attempts"]
+    elapsed = (passed[-1] if passed else t_stable) - t0
+    print(f"connections {len(connected)}, probation passed at {[round(t - t0, 1) for t in passed]} s, "
+          f"{attempts} connect attempts in {elapsed:.1f}s, status {st}")
+    assert passed and all(t >= t_stable - 0.5 for t in passed), \
+        f"probation passed while the link was flapping: {lines}"
+    assert passed[0] - max(t for t in connected if t <= passed[0]) >= 4.0 - 0.2, lines
+    # One attempt per connect_retry at most (plus the immediate retry after each loss).
+    assert attempts <= elapsed / 0.5 + 8, f"{attempts} connect attempts in {elapsed:.1f}s"
+    assert st["timeouts"] - before["timeouts"] >= 1, st
+
+
+def test_secondary_takes_a_new_connection_while_the_old_one_looks_alive(pair):
+    """alpha's device is removed and created again while its FIN and RST packets are dropped, so beta's old
+    connection still looks healthy (beta pings only every 5 s and waits 30 s). beta must accept the new
+    connection at once and drop the old one."""
+    a, b = pair.alpha, pair.beta
+    pair.each(load)
+    create(b, "secondary", opts="ping_interval=5000 timeout=30000")
+    create(a, "primary", opts="ping_interval=5000 timeout=30000")
+    wait_cstate(b)
+    wait_cstate(a)
+    a.ok(f"iptables -A OUTPUT -p tcp -d {IP['beta']} --tcp-flags FIN FIN -j DROP && "
+         f"iptables -A OUTPUT -p tcp -d {IP['beta']} --tcp-flags RST RST -j DROP")
+    remove(a)
+    assert status(b)["cstate"] == "connected", "beta noticed the old connection's end: the test proves nothing"
+    t0 = klog_marker(b, "rmirror-test: primary restarts")
+    create(a, "primary", opts="ping_interval=5000 timeout=30000")
+    wait_cstate(a, timeout=20)
+    lines = klog(b, "rmirror-test: primary restarts")
+    t = first_after(lines, t0, "the peer connected again")
+    assert t is not None and t - t0 < 10, lines
+    a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=16 oflag=direct 2>/dev/null")
+    st = status(a)
+    assert st["acks"] >= 16 and st["out_of_sync"] == 0, st
+
+
+def test_connects_and_handshakes_time_out(pair):
+    """beta (timeout 2 s) must give up on a socket that never sends its handshake, and on a data socket
+    whose meta socket never comes, within the timeout; a real primary connects afterwards."""
+    a, b = pair.alpha, pair.beta
+    load(b)
+    create(b, "secondary", opts=TIMERS)
+    a.ok(f"echo {base64.b64encode(handshake(240 * 2048)).decode()} | base64 -d > /tmp/hs")
+    for case, feed, needle in (("silent", "sleep 6", "no handshake received in time"),
+                               ("no meta socket", "cat /tmp/hs; sleep 6", "the handshake timed out")):
+        t0 = klog_marker(b, f"rmirror-test: {case}")
+        a.run(f"({feed}) | timeout 8 nc {IP['beta']} {PORT} > /dev/null", timeout=30)
+        lines = klog(b, f"rmirror-test: {case}")
+        t = first_after(lines, t0, needle)
+        assert t is not None, f"{case}: no '{needle}' line: {lines}"
+        assert t - t0 <= TIMEOUT_S + 1.5, f"{case}: gave up after {t - t0:.2f}s"
+    load(a)
+    create(a, "primary", opts=TIMERS)
+    wait_cstate(a, timeout=30)
+    # A primary whose peer never answers the handshake gives up within the timeout too.
+    remove(a)
+    remove(b)
+    t0 = klog_marker(a, "rmirror-test: mute secondary")
+    background(b, f"(sleep 8) | nc -l -p {PORT} > /dev/null", "mute")
+    b.ok("sleep 0.5")
+    create(a, "primary", opts=TIMERS)
+    b.ok("sleep 5")
+    lines = klog(a, "rmirror-test: mute secondary")
+    t = first_after(lines, t0, "no handshake received in time")
+    assert t is not None, lines
+    remove(a)
+    wait_background(b, "mute", 60)
+
+
+def test_tunables_in_the_table_are_validated(pair):
+    """Timing options out of range are refused with EINVAL and the rule in the kernel log (and by the
+    tool before that); a valid set is echoed in the canonical table."""
+    a = pair.alpha
+    load(a)
+    for opts, msg in (("timeout=500", "timeout must be greater than the ping interval"),
+                      ("ping_interval=50", "ping interval must be 100..=60000 ms"),
+                      ("outage_max=10", "outage max must be 0 or timeout..=86400000 ms"),
+                      ("timeout=x", "bad timing option: expected milliseconds")):
+        rc, out, err = a.run3(f"{CTL} create r0 --table {q(table(a, 'primary', opts=opts))}")
+        assert rc != 0 and msg in err and "EINVAL" in err, (opts, out, err)
+    create(a, "primary", opts="timeout=3000 probation=0")
+    assert a.ok(f"{CTL} table r0").strip().endswith("timeout=3000 probation=0")
+
+
+def wait_in_sync(vm, timeout=180):
+    """Wait until `vm` reports nothing out of sync and replication established; returns its status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(vm)
+        if st["out_of_sync"] == 0 and st["repl"] == "established":
+            return st
+        assert time.monotonic() < deadline, f"{vm.name}: not in sync after {timeout}s: {st}"
+        time.sleep(1)
+
+
+def test_outage_then_resync_copies_exactly_the_marked_regions(pair):
+    """Writes made during a partition are marked in the fracture bitmap; after the link heals (and
+    probation), the primary copies exactly those regions: the sectors resynced equal the sectors
+    marked, far below the disk size, every acknowledged write is on beta's disk and the two disks are
+    identical."""
+    a, b = pair.alpha, pair.beta
+    connect_pair(pair, opts=TIMERS)
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/c1.log --size 16M --jobs 4 --count 300 --seed 11", timeout=300)
+    background(a, fio(32, 4, 40), "fio")
+    pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
+    wait_cstate(a, "outage", timeout=30)
+    out = a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/c2.log --offset 16M --size 16M --jobs 2 --count 400 "
+               f"--seed 12", timeout=300)
+    written = json.loads(out.strip().splitlines()[-1])
+    marked = status(a)["out_of_sync"]
+    before_a, before_b = status(a)["resynced"], status(b)["resynced"]
+    t_heal = klog_marker(a, "rmirror-test: heal")
+    pair.each(heal)
+    st_a = wait_in_sync(a)
+    rc, out = wait_background(a, "fio", 300)
+    assert rc == 0, out
+    err, max_lat = fio_result(out)
+    assert err == 0, out
+    st_b = wait_in_sync(b)
+    lines = klog(a, "rmirror-test: heal")
+    t_start = first_after(lines, t_heal, "resync started")
+    t_end = first_after(lines, t_heal, "resync finished")
+    resynced = st_a["resynced"] - before_a
+    print(f"outage writes {written}, marked {marked} sectors, resynced {resynced} (beta "
+          f"{st_b['resynced'] - before_b}), resync {t_start and t_start - t_heal}..{t_end and t_end - t_heal}s "
+          f"after the heal; fio max latency {max_lat:.2f}s")
+    # 4 KiB writes mark 8 sectors each: at most one region per write of the checker or of fio (whose
+    # writes during the outage are marked too).
+    fio_writes = json.loads(out[out.index("{"):])["jobs"][0]["write"]["total_ios"]
+    assert 0 < marked <= (written["acked"] + fio_writes) * 8, (marked, written, fio_writes)
+    # Resync copies what was marked (plus fio's writes until replication resumed), nothing else.
+    assert marked <= resynced <= (written["acked"] + fio_writes) * 8, (marked, resynced)
+    assert resynced < 64 * 2048, "resync copied more than the regions written (whole-disk copy?)"
+    assert st_b["resynced"] - before_b == resynced and st_b["disk"] == "up_to_date", st_b
+    copy_file(a, b, "/tmp/c1.log")
+    copy_file(a, b, "/tmp/c2.log")
+    res = verify(b, "/dev/vdb", ["/tmp/c1.log", "/tmp/c2.log"], 0, 32)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
+    assert res["present"] == res["acknowledged"] > 0, res
+    sums = pair.each(lambda vm: md5_dev(vm, nbytes=64 << 20, bs=1 << 20))
+    assert sums["alpha"] == sums["beta"], sums
+
+
+def test_resync_interrupted_by_link_cuts_then_completes(pair):
+    """16 MiB written during an outage, resync capped at 1 MiB/s, and the link cut three times while it
+    runs: each cut stops it, each reconnection resumes from the bitmap, and it ends with identical disks
+    and nothing copied twice beyond the chunks in flight at the cuts."""
+    a, b = pair.alpha, pair.beta
+    connect_pair(pair, opts=TIMERS)
+    a.ok("dd if=/dev/urandom of=/tmp/src bs=1M count=16 2>/dev/null")
+    pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
+    wait_cstate(a, "outage", timeout=30)
+    a.ok("dd if=/tmp/src of=/dev/rmirror0 bs=1M seek=8 oflag=direct 2>/dev/null", timeout=120)
+    marked = status(a)["out_of_sync"]
+    before = status(a)["resynced"]
+    a.ok("echo 1024 > /sys/block/rmirror0/rmirror/resync_rate")
+    pair.each(heal)
+    cuts = 0
+    for _ in range(3):
+        deadline = time.monotonic() + 60
+        while status(a)["repl"] != "sync_source":
+            assert time.monotonic() < deadline, status(a)
+            time.sleep(0.5)
+        a.ok("sleep 2")
+        left = status(a)["out_of_sync"]
+        if left == 0:
+            break
+        pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
+        cuts += 1
+        wait_cstate(a, "outage", timeout=30)
+        during = status(a)["out_of_sync"]
+        a.ok("sleep 2")
+        assert 0 < during == status(a)["out_of_sync"] <= left, "bits cleared while disconnected"
+        pair.each(heal)
+    st = wait_in_sync(a, timeout=300)
+    resynced = st["resynced"] - before
+    print(f"marked {marked} sectors, {cuts} cuts during resync, resynced {resynced} sectors")
+    assert cuts >= 2, "the resync ended before it could be interrupted: cap the rate lower"
+    assert marked == 16 * 2048 and resynced == marked, (marked, resynced)
+    wait_in_sync(b)
+    sums = pair.each(lambda vm: md5_dev(vm, nbytes=32 << 20, bs=1 << 20))
+    assert sums["alpha"] == sums["beta"], sums
+
+
+def test_resync_rate_is_validated(pair):
+    a = pair.alpha
+    load(a)
+    create(a, "primary")
+    path = "/sys/block/rmirror0/rmirror/resync_rate"
+    for bad in ("-1", "1k", "68719476737", ""):
+        rc, out = sysfs_write(a, path, bad)
+        assert rc != 0, (bad, out)
+    assert "resync_rate: expected KiB/s" in a.ok("dmesg | tail -5")
+    rc, out = sysfs_write(a, path, "4096")
+    assert rc == 0 and a.ok(f"cat {path}").strip() == "4096", out
