@@ -310,6 +310,32 @@ class Vm:
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def power_cycle(self, timeout=BOOT_TIMEOUT):
+        """Power loss and reboot: kill QEMU (nothing is flushed or shut down in the guest; writes QEMU
+        completed are in the disk file, as on a disk with a non-volatile cache), then boot the guest again
+        on the same disks. The old console log is scanned first (problems raise LogScanError) and kept as
+        <name>.console.<n>.log; the network is re-joined (beta's QEMU connects to alpha's listening socket
+        netdev again, which QEMU accepts once the old connection is gone), so only beta can be cycled."""
+        if self.name != "beta":
+            raise GuestError("only beta can be power cycled (alpha's QEMU owns the socket netdev)")
+        bad = self.new_log_problems()
+        if bad:
+            raise LogScanError(f"{self.name} kernel log before the power loss:\n" + "\n".join(bad))
+        with self.lock:
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait()
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+            n = sum(1 for f in os.listdir(self.workdir) if f.startswith(f"{self.name}.console."))
+            os.rename(self.console, os.path.join(self.workdir, f"{self.name}.console.{n}.log"))
+            if os.path.exists(self.sock_path):
+                os.unlink(self.sock_path)
+            self.buf, self.checked, self.boot_seconds, self.broken = b"", 0, None, None
+            self.start()
+        return self.wait_ready(timeout)
+
     def shutdown(self, timeout=30):
         """sync + poweroff -f in the guest; kill QEMU if it is still running after `timeout` seconds."""
         if self.proc is None:

@@ -284,6 +284,14 @@ impl Device {
         w.field(status::DISK, crate::resync::disk_state(self))?;
         w.field(status::RESYNCED, s.resynced.load(Relaxed))?;
         w.field(status::RESYNC_ETA, crate::resync::eta_s(self))?;
+        let (queued, bytes, replayed, overflows) = {
+            let c = self.conn.lock();
+            (c.outq.len(), c.outq.bytes(), c.outq.replayed, c.outq.overflows)
+        };
+        w.field(status::QUEUED, queued)?;
+        w.field(status::QUEUED_BYTES, bytes)?;
+        w.field(status::REPLAYED, replayed)?;
+        w.field(status::QUEUE_OVERFLOWS, overflows)?;
         Ok(())
     }
 }

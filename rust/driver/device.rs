@@ -80,12 +80,19 @@ pub(crate) struct Conn {
     pub(crate) small_writes: bool,
     /// Set once at teardown: threads exit, nothing new is queued.
     pub(crate) stopping: bool,
+    /// Writes kept during an outage, replayed in order after it (see `outage`).
+    pub(crate) outq: crate::outage::OutageQueue,
 }
 
 impl Conn {
     /// Whether writes go to the peer now: a complete connection, trusted (not on probation).
     pub(crate) fn replicating(&self) -> bool {
         !self.stopping && self.meta.is_some() && self.sm.state() == CState::Connected
+    }
+
+    /// Whether new writes go straight to the peer (replicating, no replay pending).
+    pub(crate) fn sending(&self) -> bool {
+        self.replicating() && self.outq.is_empty()
     }
 }
 
@@ -214,6 +221,7 @@ impl Device {
             EINVAL
         })?;
         let bitmap = crate::resync::new_bitmap(cfg.sectors)?;
+        let outq = crate::outage::OutageQueue::new(crate::outage::DEFAULT_MAX_BYTES)?;
         // Connecting from the start, as DRBD's `up`.
         let _ = sm.on_connect(0);
         let dev = Arc::pin_init(
@@ -233,6 +241,7 @@ impl Device {
                     inflight: KVec::new(),
                     small_writes: false,
                     stopping: false,
+                    outq,
                 }),
                 work <- new_condvar!(),
                 link_changed <- new_condvar!(),
@@ -347,21 +356,36 @@ impl Device {
     /// block layer); the next connection brings new ones.
     pub(crate) fn connection_lost(&self, generation: u64, why: &str) {
         let now = self.now_ms();
-        let (queued, sent, link, meta, state) = {
+        let (queued, sent, link, meta, state, kept) = {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() {
                 return;
             }
             // A no-op when the state machine itself declared the loss (heartbeat timeout).
             let _ = c.sm.on_error(now);
-            (core::mem::take(&mut c.send_queue), core::mem::take(&mut c.inflight), c.link.take(), c.meta.take(),
-                c.sm.state())
+            // A replay in flight is sent again on the next connection.
+            c.outq.rewind();
+            let queued = core::mem::take(&mut c.send_queue);
+            let sent = core::mem::take(&mut c.inflight);
+            // Writes sent or waiting to be, in their order, go to the outage queue if it takes
+            // them now (an outage that began while replicating); else to the bitmap.
+            let mut kept = 0;
+            if c.queueing() {
+                for r in Iterator::chain(sent.iter(), queued.iter()) {
+                    if self.push_outage(&mut c, r) {
+                        r.set_queued();
+                        kept += 1;
+                    }
+                }
+            }
+            (queued, sent, c.link.take(), c.meta.take(), c.sm.state(), kept)
         };
         for l in [link, meta].into_iter().flatten() {
             l.shutdown();
         }
         self.link_changed.notify_all();
-        pr_warn!("{}: connection lost: {} (now {})\n", &*self.cfg.name, why, state.as_str());
+        pr_warn!("{}: connection lost: {} (now {}{})\n", &*self.cfg.name, why, state.as_str(),
+            if kept > 0 { ", writes in flight queued" } else { "" });
         for r in Iterator::chain(queued.into_iter(), sent) {
             r.net_done(false);
         }

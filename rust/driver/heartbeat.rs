@@ -41,7 +41,7 @@ impl Device {
     fn wait_complete(&self, served: u64) -> Option<(Arc<dyn Transport>, u64)> {
         loop {
             let now = self.now_ms();
-            let (act, generation) = {
+            let (act, generation, dropped) = {
                 let mut c = self.conn.lock();
                 if c.stopping {
                     return None;
@@ -50,12 +50,21 @@ impl Device {
                     return Some((m.clone(), c.generation));
                 }
                 let act = c.sm.on_tick(now);
+                let mut dropped = 0;
+                if act.give_up_queue {
+                    let mut mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, u64::from(len.div_ceil(512)));
+                    dropped = c.outq.give_up(&mut mark);
+                }
                 if !act.close {
                     let _ = self.link_changed.wait_interruptible_timeout(&mut c,
                         kernel::time::msecs_to_jiffies(META_TICK_MS));
                 }
-                (act, c.generation)
+                (act, c.generation, dropped)
             };
+            if dropped > 0 {
+                pr_warn!("{}: the outage outlasted outage_max: {} queued writes moved to the bitmap\n",
+                    &*self.cfg.name, dropped);
+            }
             if act.close {
                 self.connection_lost(generation, "the handshake timed out");
             }
@@ -81,8 +90,24 @@ impl Device {
             pr_warn!("{}: the peer is silent: nothing heard for {} ms\n", &*self.cfg.name, timeout);
             return Some("the peer timed out");
         }
+        if act.give_up_queue {
+            self.give_up_outage_queue("the outage outlasted outage_max");
+        }
         if act.resume {
-            pr_info!("{}: probation passed: replicating again\n", &*self.cfg.name);
+            let (n, bytes) = {
+                let mut c = self.conn.lock();
+                if c.outq.is_empty() {
+                    c.outq.reopen();
+                }
+                (c.outq.len(), c.outq.bytes())
+            };
+            self.work.notify_all();
+            if n > 0 {
+                pr_info!("{}: probation passed: replicating again, replaying {} queued writes ({} KiB)\n",
+                    &*self.cfg.name, n, bytes / 1024);
+            } else {
+                pr_info!("{}: probation passed: replicating again\n", &*self.cfg.name);
+            }
         }
         if act.send_ping {
             let ping = Message::Ping(Ping { seq: self.stats.pings.fetch_add(1, Relaxed) as u32, timestamp: now });
@@ -102,7 +127,7 @@ impl Device {
         }
     }
 
-    /// The peer acknowledged write `seq`: finish its peer half.
+    /// The peer acknowledged write `seq`: finish its peer half (or release a replayed write).
     fn ack(&self, generation: u64, seq: u32, ok: bool) -> core::result::Result<(), &'static str> {
         let now = self.now_ms();
         let req = {
@@ -111,8 +136,26 @@ impl Device {
                 return Err("replaced by a new connection");
             }
             let _ = c.sm.on_traffic(now);
-            let i = c.inflight.iter().position(|r| r.seq == seq).ok_or("ack for an unknown write")?;
-            c.inflight.remove(i).map_err(|_| "ack for an unknown write")?
+            match c.inflight.iter().position(|r| r.seq == seq) {
+                Some(i) => c.inflight.remove(i).map_err(|_| "ack for an unknown write")?,
+                None => {
+                    let mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, u64::from(len.div_ceil(512)));
+                    if !c.outq.ack(seq, ok, mark) {
+                        return Err("ack for an unknown write");
+                    }
+                    let (done, replayed) = (c.outq.is_empty(), c.outq.replayed);
+                    drop(c);
+                    if ok {
+                        self.stats.acks.fetch_add(1, Relaxed);
+                    }
+                    self.work.notify_all();
+                    if done {
+                        self.link_changed.notify_all();
+                        pr_info!("{}: outage queue replayed ({} writes in total)\n", &*self.cfg.name, replayed);
+                    }
+                    return Ok(());
+                }
+            }
         };
         req.net_done(ok);
         Ok(())
@@ -136,7 +179,9 @@ fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) ->
                 dev.sm_event(generation, |sm, now| {
                     let _ = sm.on_ping(now);
                 });
-                send_msg(meta, &Message::Pong(p), &poll).map_err(|_| "cannot send a pong")
+                // Not `poll` as the stop callback: a ping due meanwhile would take the send
+                // lock this send holds.
+                send_msg(meta, &Message::Pong(p), &|| !dev.is_current(generation)).map_err(|_| "cannot send a pong")
             }
             Ok(Message::Pong(_)) => {
                 dev.stats.pongs.fetch_add(1, Relaxed);

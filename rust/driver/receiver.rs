@@ -16,8 +16,6 @@ pub(crate) fn run(dev: &Arc<Device>) {
     let mut served = 0;
     while let Some((data, meta, generation)) = dev.wait_data(served) {
         served = generation;
-        // What is out of sync here is what the primary announces on this connection.
-        dev.bitmap.lock().clear_all();
         let why = serve(dev, &*data, &*meta, generation, &mut buf);
         dev.connection_lost(generation, why);
     }
@@ -34,7 +32,7 @@ impl Device {
             if let (Some(d), Some(m), true) = (&c.link, &c.meta, c.generation > served) {
                 return Some((d.clone(), m.clone(), c.generation));
             }
-            self.link_changed.wait(&mut c);
+            let _ = self.link_changed.wait_interruptible_timeout(&mut c, kernel::time::msecs_to_jiffies(1000));
         }
     }
 }
@@ -84,11 +82,17 @@ fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u
                 }
             }
             Ok(Message::Bitmap { offset, bits, last, rle }) => {
-                if dev.bitmap.lock().rle_decode(offset, bits, rle, RleApply::Merge).is_err() {
+                // The primary's bitmap replaces ours (its bits clear only on our acks, so it is
+                // a superset of what we still miss); ours is kept until then.
+                if dev.bitmap.lock().rle_decode(offset, bits, rle, RleApply::Copy).is_err() {
                     return "bitmap chunk does not fit the device";
                 }
                 if last {
-                    pr_info!("{}: sync target: {} KiB to receive\n", &*dev.cfg.name, dev.out_of_sync_sectors() / 2);
+                    dev.resync.lock().announced = generation;
+                    let left = dev.out_of_sync_sectors();
+                    if left > 0 {
+                        pr_info!("{}: sync target: {} KiB to receive\n", &*dev.cfg.name, left / 2);
+                    }
                 }
                 continue;
             }

@@ -18,6 +18,8 @@ use kernel::sync::Arc;
 const PART_PENDING: u8 = 0;
 const PART_OK: u8 = 1;
 const PART_FAILED: u8 = 2;
+/// Not written by the peer, but kept in the outage queue (replayed later): no bitmap mark.
+const PART_QUEUED: u8 = 3;
 
 /// One mirrored write (or flush), in its clone's front pad.
 pub(crate) struct Request {
@@ -74,7 +76,7 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
     dev.stats.write_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
     // Local half: the clone goes to the backing device (dispatched once we return).
     let req = clone.submit();
-    // Peer half: queued for the sender thread, or failed at once when not connected.
+    // Peer half: queued for the sender thread or in the outage queue, or failed at once.
     if !dev.queue_for_peer(&req) {
         req.net_done(false);
     }
@@ -90,7 +92,8 @@ impl CloneData for Request {
     fn complete(&mut self) -> Status {
         let mut t = protocol::Request::new(self.dev.cfg.protocol);
         let local_ok = *self.local.get_mut() == PART_OK;
-        let net_ok = *self.net.get_mut() == PART_OK;
+        let net = *self.net.get_mut();
+        let net_ok = net == PART_OK;
         let mut mark = false;
         let mut status = None;
         for ev in [
@@ -103,7 +106,7 @@ impl CloneData for Request {
             }
         }
         let dev = &self.dev;
-        if mark {
+        if mark && net != PART_QUEUED {
             dev.mark_out_of_sync(self.sector, u64::from(self.len.div_ceil(512)));
         }
         dev.slot_release(self.slot);
@@ -122,6 +125,8 @@ pub(crate) trait PeerPart {
     /// The peer half finished: durable ack (`ok`), or negative ack / connection lost. Drops
     /// the peer's reference.
     fn net_done(self, ok: bool);
+    /// The write went to the outage queue: when its peer half fails, do not mark the bitmap.
+    fn set_queued(&self);
 }
 
 impl PeerPart for CloneRef<Request> {
@@ -129,16 +134,32 @@ impl PeerPart for CloneRef<Request> {
         if ok {
             self.dev.stats.acks.fetch_add(1, Ordering::Relaxed);
         }
-        self.net.store(if ok { PART_OK } else { PART_FAILED }, Ordering::Release);
+        if ok || self.net.load(Ordering::Acquire) != PART_QUEUED {
+            self.net.store(if ok { PART_OK } else { PART_FAILED }, Ordering::Release);
+        }
+    }
+
+    fn set_queued(&self) {
+        self.net.store(PART_QUEUED, Ordering::Release);
     }
 }
 
 impl Device {
-    /// Queues `req` for the sender when connected. Returns false when the request must go
-    /// without the peer. Never waits: the in-flight slots bound the queue to its capacity.
+    /// Queues `req` for the sender when replicating, or in the outage queue during an outage
+    /// or a replay. Returns false when the request must go without the peer (its range is
+    /// marked at completion). Never waits for the peer: the in-flight slots bound the send
+    /// queue to its capacity.
     fn queue_for_peer(&self, req: &CloneRef<Request>) -> bool {
         let mut c = self.conn.lock();
-        if !c.replicating() {
+        if c.queueing() {
+            if self.push_outage(&mut c, req) {
+                req.set_queued();
+                drop(c);
+                self.work.notify_one();
+            }
+            return false;
+        }
+        if !c.sending() {
             return false;
         }
         if c.send_queue.push_within_capacity(req.clone()).is_err() {

@@ -89,8 +89,11 @@ pub(crate) fn disk_state(dev: &Device) -> &'static str {
     if dev.cfg.role == Role::Primary {
         return "up_to_date";
     }
-    let linked = dev.conn.lock().meta.is_some();
-    match (dev.bitmap.lock().weight() > 0, linked) {
+    let told = {
+        let c = dev.conn.lock();
+        c.meta.is_some() && dev.resync.lock().announced == c.generation
+    };
+    match (dev.bitmap.lock().weight() > 0, told) {
         (true, _) => "inconsistent",
         (false, true) => "up_to_date",
         (false, false) => "consistent",
@@ -162,7 +165,12 @@ impl Device {
             if c.stopping {
                 return None;
             }
-            if c.replicating() && self.bitmap.lock().weight() > 0 {
+            // A replay of the outage queue goes first: resync data is newer than the queued
+            // writes, which must not overwrite it.
+            // Every connection gets the bitmap once (the target learns whether it is up to
+            // date), then the marked regions.
+            let unannounced = self.resync.lock().announced != c.generation;
+            if c.sending() && (unannounced || self.bitmap.lock().weight() > 0) {
                 if let Some(l) = &c.link {
                     return Some((l.clone(), c.generation));
                 }
@@ -173,19 +181,25 @@ impl Device {
 
     /// Waits until a chunk in flight is acked or the connection ends (or a tick passes).
     fn wait_acks(&self, generation: u64) {
+        // Lock order: `conn` before `resync`, never the reverse.
+        if !self.is_current(generation) {
+            return;
+        }
         let mut p = self.resync.lock();
-        if !p.pending.iter().any(|c| c.acked) && self.is_current(generation) {
+        if !p.pending.iter().any(|c| c.acked) {
             let _ = self.resync_cv.wait_interruptible_timeout(&mut p, kernel::time::msecs_to_jiffies(100));
         }
     }
 
-    /// Retires the chunks in flight: acked ones are cleared from the bitmap; with `lost`, the
-    /// others are dropped (their bits stay set). Every retired chunk frees its slot.
-    fn retire(&self, lost: bool) {
+    /// Retires the chunks in flight: acked ones are cleared from the bitmap; those of a lost
+    /// connection (any but `current`) are dropped, their bits staying set. Every retired chunk
+    /// frees its slot.
+    fn retire(&self, current: Option<u64>) {
+        let live = current.filter(|g| self.is_current(*g));
         loop {
             let c = {
                 let mut p = self.resync.lock();
-                let Some(i) = p.pending.iter().position(|c| c.acked || lost) else { return };
+                let Some(i) = p.pending.iter().position(|c| c.acked || Some(c.generation) != live) else { return };
                 let Ok(c) = p.pending.remove(i) else { return };
                 c
             };
@@ -234,6 +248,8 @@ pub(crate) fn run(dev: &Arc<Device>) {
     let mut cursor = 0u64;
     let mut bucket: Option<(u32, TokenBucket)> = None;
     while let Some((link, generation)) = dev.wait_resync() {
+        // Chunks of an older connection can never be acked: drop them first.
+        dev.retire(Some(generation));
         if dev.resync.lock().announced != generation {
             cursor = 0;
             let left = dev.out_of_sync_sectors();
@@ -246,10 +262,16 @@ pub(crate) fn run(dev: &Arc<Device>) {
                 p.started_ms = dev.now_ms();
                 p.copied = 0;
             }
-            pr_info!("{}: resync started: {} KiB out of sync\n", &*dev.cfg.name, left / 2);
+            if left > 0 {
+                pr_info!("{}: resync started: {} KiB out of sync\n", &*dev.cfg.name, left / 2);
+            }
         }
         // Fill the window with the next runs of marked regions after the cursor.
-        while dev.resync.lock().pending.len() < WINDOW && dev.is_current(generation) {
+        loop {
+            let room = dev.resync.lock().pending.len() < WINDOW;
+            if !room || !dev.is_current(generation) {
+                break;
+            }
             let next = {
                 let bm = dev.bitmap.lock();
                 bm.next_dirty(cursor).map(|r| {
@@ -269,41 +291,65 @@ pub(crate) fn run(dev: &Arc<Device>) {
             cursor = (sector + sectors).div_ceil(1 << (REGION_SHIFT - wire::SECTOR_SHIFT));
             throttle(dev, &mut bucket, sectors << wire::SECTOR_SHIFT);
             let slot = dev.slot_acquire(sector, sectors);
-            if !send_chunk(dev, &*link, generation, sector, sectors as u32, slot, &mut buf) {
-                dev.slot_release(slot);
-                break;
+            match send_chunk(dev, &*link, generation, sector, sectors as u32, slot, &mut buf) {
+                Sent::Yes => {}
+                // Not in the window: the slot is ours to free.
+                Sent::NotQueued => {
+                    dev.slot_release(slot);
+                    break;
+                }
+                // In the window (retired with the connection, which frees the slot).
+                Sent::LinkFailed => {
+                    dev.connection_lost(generation, "send failed");
+                    break;
+                }
             }
         }
         dev.wait_acks(generation);
-        dev.retire(!dev.is_current(generation));
+        dev.retire(Some(generation));
         if dev.out_of_sync_sectors() == 0 && dev.resync.lock().pending.is_empty() {
-            let p = dev.resync.lock();
+            let mut p = dev.resync.lock();
+            if p.copied == 0 {
+                continue;
+            }
             pr_info!("{}: resync finished: {} KiB copied in {} ms\n", &*dev.cfg.name, p.copied / 2,
                 dev.now_ms().saturating_sub(p.started_ms));
+            p.copied = 0;
         }
     }
-    dev.retire(true);
+    dev.retire(None);
 }
 
-/// Reads one chunk and sends it (the chunk is in flight, holding `slot`, from then on). False
-/// if the read or the send failed.
+/// What became of a chunk.
+enum Sent {
+    /// In the window, sent.
+    Yes,
+    /// Not in the window (read failed, or no room): the caller frees its slot.
+    NotQueued,
+    /// In the window, but the send failed: the connection must go.
+    LinkFailed,
+}
+
+/// Reads one chunk and sends it (the chunk is in the window, holding `slot`, once pushed).
 fn send_chunk(dev: &Device, link: &dyn Transport, generation: u64, sector: u64, sectors: u32, slot: usize,
-    buf: &mut KVVec<u8>) -> bool {
+    buf: &mut KVVec<u8>) -> Sent {
     let len = (sectors as usize) << wire::SECTOR_SHIFT;
     if let Err(e) = dev.backing.read_sync(sector, buf, 0..len) {
         pr_err!("{}: resync read of {} sectors at {} failed: error {}\n", &*dev.cfg.name, sectors, sector,
             e.to_errno());
         crate::bindings::thread::sleep_ms(1000);
-        return false;
+        return Sent::NotQueued;
     }
     let pending = Pending { generation, sector, sectors, slot, acked: false };
     if dev.resync.lock().pending.push_within_capacity(pending).is_err() {
-        return false;
+        return Sent::NotQueued;
     }
     let data = buf.get(..len).unwrap_or(&[]);
     let stop = || !dev.is_current(generation);
-    // On failure the chunk stays in the window until the connection's loss retires it.
-    send_msg(link, &Message::ResyncReply { sector, sectors, data }, &stop).is_ok()
+    match send_msg(link, &Message::ResyncReply { sector, sectors, data }, &stop) {
+        Ok(()) => Sent::Yes,
+        Err(_) => Sent::LinkFailed,
+    }
 }
 
 /// Waits until the `resync_rate` cap allows `bytes` more.

@@ -32,6 +32,7 @@ mod heartbeat;
 #[allow(dead_code, unreachable_pub, unused_attributes, missing_docs)]
 #[path = "../core/src/lib.rs"]
 mod rcore;
+mod outage;
 mod receiver;
 mod resync;
 // The core refers to its own modules as `crate::...`; make those paths resolve here too.

@@ -266,6 +266,23 @@ void rmirror_bio_endio(struct bio *bio, u8 status)
 	bio_endio(bio);
 }
 
+/* Copies the data of @bio (its current iterator) into @buf, at most @len bytes; returns the
+ * bytes copied. @buf is a kmalloc'ed or vmalloc'ed buffer. */
+size_t rmirror_bio_copy_to(struct bio *bio, void *buf, size_t len)
+{
+	struct bio_vec bv;
+	struct bvec_iter it;
+	size_t done = 0;
+
+	bio_for_each_segment(bv, bio, it) {
+		if (done + bv.bv_len > len)
+			break;
+		memcpy_from_bvec(buf + done, &bv);
+		done += bv.bv_len;
+	}
+	return done;
+}
+
 /*
  * Synchronously write @len bytes of a kmalloc'ed or vmalloc'ed buffer at @sector (the Rust
  * side only passes heap buffers it owns).

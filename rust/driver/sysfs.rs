@@ -5,6 +5,7 @@
 use crate::bindings::disk::Attribute;
 use crate::device::{Addr, Device};
 use crate::rcore::abi::{status, TextWriter};
+use crate::outage::MAX_BYTES_LIMIT;
 use crate::rcore::state::resync::MAX_RATE;
 use crate::rcore::table::{INLINE_MAX_ALIGN, INLINE_MAX_LIMIT};
 use core::fmt::Write;
@@ -24,13 +25,14 @@ const STATS: usize = 8;
 const REPL: usize = 9;
 const DISK: usize = 10;
 const RESYNC_RATE: usize = 11;
+const OUTAGE_QUEUE_BYTES: usize = 12;
 
 const fn ro(name: &'static kernel::str::CStr) -> Attribute {
     Attribute { name, writable: false }
 }
 
 /// The files of `/sys/block/rmirrorN/rmirror/`, by id.
-pub(crate) static ATTRS: [Attribute; 12] = [
+pub(crate) static ATTRS: [Attribute; 13] = [
     ro(c"name"),
     ro(c"role"),
     ro(c"cstate"),
@@ -43,6 +45,7 @@ pub(crate) static ATTRS: [Attribute; 12] = [
     ro(c"repl"),
     ro(c"disk"),
     Attribute { name: c"resync_rate", writable: true },
+    Attribute { name: c"outage_queue_bytes", writable: true },
 ];
 
 /// Formats attribute `attr` into `page`; returns the length.
@@ -68,6 +71,7 @@ pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> 
         REPL => writeln!(w, "{}", crate::resync::repl_state(dev)),
         DISK => writeln!(w, "{}", crate::resync::disk_state(dev)),
         RESYNC_RATE => writeln!(w, "{}", dev.resync_rate.load(Ordering::Relaxed)),
+        OUTAGE_QUEUE_BYTES => writeln!(w, "{}", dev.conn.lock().outq.max_bytes()),
         _ => return Err(EINVAL),
     };
     r.map_err(|_| ENOSPC)?;
@@ -95,6 +99,16 @@ pub(crate) fn store(dev: &Device, attr: usize, input: &[u8]) -> Result {
             })?;
             dev.resync_rate.store(v, Ordering::Relaxed);
             Ok(())
+        }
+        OUTAGE_QUEUE_BYTES => {
+            let v = parse_u32(input).map(u64::from).filter(|v| *v <= MAX_BYTES_LIMIT).ok_or_else(|| {
+                pr_err!("{}: outage_queue_bytes: expected bytes from 0 (no queue) to {}\n", &*dev.cfg.name,
+                    MAX_BYTES_LIMIT);
+                EINVAL
+            })?;
+            dev.conn.lock().outq.set_max_bytes(v).inspect_err(|_| {
+                pr_err!("{}: outage_queue_bytes: cannot change while writes are queued\n", &*dev.cfg.name);
+            })
         }
         _ => Err(EACCES),
     }

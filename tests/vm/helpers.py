@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0
 """Helpers for the rmirror VM tests: module load, device create/remove, status, error assertions."""
 
+import base64
 import json
 import re
 import struct
@@ -267,3 +268,73 @@ def handshake(sectors, role=1, channel=0):
     args = struct.pack("<BBBBI", 1, 1, 0, role, 1)
     return (preamble(HANDSHAKE, 48, args) + struct.pack("<QIB3x", sectors, 4096, channel)
             + struct.pack("<4Q", 7, 0, 0, 0))
+
+
+# ---- fault scenarios: load, checker, sync ----------------------------------------------------------------
+
+# Fast timers, so a fault is detected in seconds even under TCG.
+TIMERS = "ping_interval=500 timeout=2000 probation=2000 connect_retry=500"
+TIMEOUT_S = 2.0
+
+
+def fio(offset_mib, size_mib, rate):
+    """4 KiB random writes at `rate` IOPS over [offset, offset+size) MiB of r0, then a crc32c read-back;
+    JSON to stdout."""
+    return (f"fio --name=load --filename=/dev/rmirror0 --ioengine=libaio --direct=1 --rw=randwrite --bs=4k "
+            f"--offset={offset_mib}M --size={size_mib}M --iodepth=4 --rate_iops={rate} --verify=crc32c "
+            f"--verify_fatal=1 --do_verify=1 --randrepeat=0 --output-format=json")
+
+
+def fio_result(out):
+    """(error, max completion latency in seconds) of a fio JSON report."""
+    rep = json.loads(out[out.index("{"):])
+    job = rep["jobs"][0]
+    return job["error"], job["write"]["clat_ns"]["max"] / 1e9
+
+
+def verify(vm, dev, logs, offset_mib, size_mib):
+    """rmirror-check verify: the JSON counts (the command's exit status is checked by the caller)."""
+    args = " ".join(f"--log {log}" for log in logs)
+    rc, out, err = vm.run3(f"{CHECK} verify {dev} {args} --offset {offset_mib}M --size {size_mib}M", 300)
+    assert rc in (0, 1), f"{vm.name}: rmirror-check verify failed to run ({rc}): {out}{err}"
+    res = json.loads(out.strip().splitlines()[-1])
+    res["rc"], res["problems"] = rc, err
+    return res
+
+
+def copy_file(src, dst, path):
+    """Copy a small file from one guest to the other (through the test driver)."""
+    blob = base64.b64encode(src.ok(f"cat {path}").encode()).decode()
+    dst.ok(f"echo {blob} | base64 -d > {path}")
+
+
+def wait_in_sync(vm, timeout=180):
+    """Wait until `vm` reports nothing out of sync and replication established; returns its status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(vm)
+        if st["out_of_sync"] == 0 and st["repl"] == "established":
+            return st
+        assert time.monotonic() < deadline, f"{vm.name}: not in sync after {timeout}s: {st}"
+        time.sleep(1)
+
+
+
+
+def wait_replayed(vm, timeout=180):
+    """Wait until `vm`'s outage queue is empty and it replicates with nothing out of sync; its status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(vm)
+        if st["queued"] == 0 and st["repl"] == "established" and st["out_of_sync"] == 0:
+            return st
+        assert time.monotonic() < deadline, f"{vm.name}: queue not replayed after {timeout}s: {st}"
+        time.sleep(1)
+
+
+def same_start(pair, mib=64):
+    """Zero the first `mib` MiB of both backing disks (before the devices exist), so that md5 comparisons
+    after a test see only what it wrote: the fracture bitmap lives in memory, and an earlier test that
+    removed its devices with regions still out of sync leaves the disks different."""
+    pair.each(lambda vm: vm.ok(f"dd if=/dev/zero of=/dev/vdb bs=1M count={mib} oflag=direct 2>/dev/null",
+                               timeout=300))

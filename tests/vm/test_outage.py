@@ -16,46 +16,12 @@ import time
 
 import pytest
 
-from helpers import (CHECK, CTL, IP, PEER, PORT, background, connect_pair, create, cut, first_after, handshake, heal,
-                     klog, klog_marker, load, md5_dev, q, remove, status, sysfs_write, table, wait_background,
-                     wait_cstate)
+from helpers import (CHECK, CTL, IP, PEER, PORT, TIMEOUT_S, TIMERS, background, connect_pair, copy_file,
+                     create, cut, fio, fio_result, first_after, handshake, heal, klog, klog_marker, load,
+                     md5_dev, q, remove, same_start, status, sysfs_write, table, verify, wait_background,
+                     wait_cstate, wait_in_sync, wait_replayed)
 
 pytestmark = pytest.mark.usefixtures("clean_pair")
-
-# Fast timers, so a fault is detected in seconds even under TCG.
-TIMERS = "ping_interval=500 timeout=2000 probation=2000 connect_retry=500"
-TIMEOUT_S = 2.0
-
-
-def fio(offset_mib, size_mib, rate):
-    """4 KiB random writes at `rate` IOPS over [offset, offset+size) MiB of r0, then a crc32c read-back;
-    JSON to stdout."""
-    return (f"fio --name=load --filename=/dev/rmirror0 --ioengine=libaio --direct=1 --rw=randwrite --bs=4k "
-            f"--offset={offset_mib}M --size={size_mib}M --iodepth=4 --rate_iops={rate} --verify=crc32c "
-            f"--verify_fatal=1 --do_verify=1 --randrepeat=0 --output-format=json")
-
-
-def fio_result(out):
-    """(error, max completion latency in seconds) of a fio JSON report."""
-    rep = json.loads(out[out.index("{"):])
-    job = rep["jobs"][0]
-    return job["error"], job["write"]["clat_ns"]["max"] / 1e9
-
-
-def verify(vm, dev, logs, offset_mib, size_mib):
-    """rmirror-check verify: the JSON counts (the command's exit status is checked by the caller)."""
-    args = " ".join(f"--log {log}" for log in logs)
-    rc, out, err = vm.run3(f"{CHECK} verify {dev} {args} --offset {offset_mib}M --size {size_mib}M", 300)
-    assert rc in (0, 1), f"{vm.name}: rmirror-check verify failed to run ({rc}): {out}{err}"
-    res = json.loads(out.strip().splitlines()[-1])
-    res["rc"], res["problems"] = rc, err
-    return res
-
-
-def copy_file(src, dst, path):
-    """Copy a small file from one guest to the other (through the test driver)."""
-    blob = base64.b64encode(src.ok(f"cat {path}").encode()).decode()
-    dst.ok(f"echo {blob} | base64 -d > {path}")
 
 
 def test_silent_peer_detected_on_both_sides_and_writes_resume(pair):
@@ -103,10 +69,13 @@ def test_silent_peer_detected_on_both_sides_and_writes_resume(pair):
     assert t_resumed - t_back >= 2.0 - 0.2, "replication resumed before the probation ended"
     for st in (st_a, st_b):
         assert st["timeouts"] >= 1 and st["connects"] >= 2, st
-    assert st_a["out_of_sync"] > 0, "writes made during the outage must be counted out of sync"
-    # Every write acknowledged while connected is on beta; alpha has all of them.
+    # The outage was short: its writes were queued and replayed, nothing went to the bitmap.
+    st_a = wait_replayed(a)
+    assert st_a["replayed"] > 0 and st_a["out_of_sync"] == 0 and st_a["queue_overflows"] == 0, st_a
+    # Every acknowledged write is on beta (those of the outage through the replay); alpha has all.
     copy_file(a, b, "/tmp/c1.log")
-    res = verify(b, "/dev/vdb", ["/tmp/c1.log"], 0, 16)
+    copy_file(a, b, "/tmp/c2.log")
+    res = verify(b, "/dev/vdb", ["/tmp/c1.log", "/tmp/c2.log"], 0, 32)
     assert res["rc"] == 0 and res["missing"] == 0 and res["present"] == res["acknowledged"] > 0, res
     res = verify(a, "/dev/rmirror0", ["/tmp/c1.log", "/tmp/c2.log"], 0, 32)
     assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
@@ -220,24 +189,15 @@ def test_tunables_in_the_table_are_validated(pair):
     assert a.ok(f"{CTL} table r0").strip().endswith("timeout=3000 probation=0")
 
 
-def wait_in_sync(vm, timeout=180):
-    """Wait until `vm` reports nothing out of sync and replication established; returns its status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status(vm)
-        if st["out_of_sync"] == 0 and st["repl"] == "established":
-            return st
-        assert time.monotonic() < deadline, f"{vm.name}: not in sync after {timeout}s: {st}"
-        time.sleep(1)
-
-
 def test_outage_then_resync_copies_exactly_the_marked_regions(pair):
     """Writes made during a partition are marked in the fracture bitmap; after the link heals (and
     probation), the primary copies exactly those regions: the sectors resynced equal the sectors
     marked, far below the disk size, every acknowledged write is on beta's disk and the two disks are
-    identical."""
+    identical. (The outage queue is switched off, so the outage's writes go to the bitmap.)"""
     a, b = pair.alpha, pair.beta
+    same_start(pair)
     connect_pair(pair, opts=TIMERS)
+    a.ok("echo 0 > /sys/block/rmirror0/rmirror/outage_queue_bytes")
     a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/c1.log --size 16M --jobs 4 --count 300 --seed 11", timeout=300)
     background(a, fio(32, 4, 40), "fio")
     pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
@@ -284,7 +244,9 @@ def test_resync_interrupted_by_link_cuts_then_completes(pair):
     runs: each cut stops it, each reconnection resumes from the bitmap, and it ends with identical disks
     and nothing copied twice beyond the chunks in flight at the cuts."""
     a, b = pair.alpha, pair.beta
+    same_start(pair)
     connect_pair(pair, opts=TIMERS)
+    a.ok("echo 0 > /sys/block/rmirror0/rmirror/outage_queue_bytes")  # the bitmap path
     a.ok("dd if=/dev/urandom of=/tmp/src bs=1M count=16 2>/dev/null")
     pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
     wait_cstate(a, "outage", timeout=30)
@@ -331,3 +293,97 @@ def test_resync_rate_is_validated(pair):
     assert "resync_rate: expected KiB/s" in a.ok("dmesg | tail -5")
     rc, out = sysfs_write(a, path, "4096")
     assert rc == 0 and a.ok(f"cat {path}").strip() == "4096", out
+
+
+def prefix_check(a, b, logs, size_mib):
+    """rmirror-check verify --prefix of beta's disk against alpha's logs (copied as they are now)."""
+    for log in logs:
+        copy_file(a, b, log)
+    args = " ".join(f"--log {log}" for log in logs)
+    rc, out, err = b.run3(f"{CHECK} verify /dev/vdb {args} --size {size_mib}M --prefix", 300)
+    assert rc in (0, 1), f"verify failed to run: {out}{err}"
+    res = json.loads(out.strip().splitlines()[-1])
+    res["rc"], res["problems"] = rc, err
+    return res
+
+
+def test_short_outage_is_queued_and_replayed_in_order(pair):
+    """Seed 002: during a partition shorter than the queue, writes keep completing on alpha and are
+    queued with their data; beta's disk stays a prefix of alpha's write history (checked block by block
+    with one writer, so issue order is submission order) during the outage and after the replay; once
+    probation passes the queue is replayed in order, nothing goes to the bitmap and nothing is resynced."""
+    a, b = pair.alpha, pair.beta
+    same_start(pair)
+    connect_pair(pair, opts=TIMERS)
+    before = status(a)
+    background(a, fio(32, 4, 30), "fio")
+    background(a, f"{CHECK} write /dev/rmirror0 --log /tmp/q.log --size 16M --jobs 1 --seconds 16 "
+                  f"--rate-per-sec 40 --seed 41", "check")
+    a.ok("sleep 3")
+    pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
+    wait_cstate(a, "outage", timeout=30)
+    a.ok("sleep 3")
+    during = status(a)
+    res_during = prefix_check(a, b, ["/tmp/q.log"], 16)
+    t_heal = klog_marker(a, "rmirror-test: heal")
+    pair.each(heal)
+    rc, out = wait_background(a, "check", 300)
+    assert rc == 0, out
+    written = json.loads(out.strip().splitlines()[-1])
+    rc, out = wait_background(a, "fio", 300)
+    assert rc == 0 and fio_result(out)[0] == 0, out
+    st = wait_replayed(a)
+    lines = klog(a, "rmirror-test: heal")
+    t_resume = first_after(lines, t_heal, "probation passed")
+    t_done = first_after(lines, t_heal, "outage queue replayed")
+    res_after = prefix_check(a, b, ["/tmp/q.log"], 16)
+    print(f"queued during the outage {during['queued']} writes / {during['queued_bytes']} bytes; replay "
+          f"{t_resume and t_resume - t_heal}..{t_done and t_done - t_heal}s after the heal; replayed "
+          f"{st['replayed'] - before['replayed']}; checker {written}; prefix during {res_during}, after {res_after}; "
+          + "; ".join(line for _, line in lines if "rmirror: r0" in line))
+    assert during["queued"] > 0 and during["out_of_sync"] == 0, during
+    # During the outage beta lacks the writes since the cut (missing > 0 there): a prefix all the same.
+    assert res_during["not_prefix"] == 0 and res_during["corrupt"] == 0, res_during
+    assert res_after["rc"] == 0 and res_after["not_prefix"] == 0 and res_after["missing"] == 0, res_after
+    assert st["replayed"] - before["replayed"] >= during["queued"], st
+    assert st["resynced"] == before["resynced"] and st["queue_overflows"] == 0, "the queue should have covered it"
+    assert t_resume is not None and t_done is not None and t_done >= t_resume, lines
+    sums = pair.each(lambda vm: md5_dev(vm, nbytes=64 << 20, bs=1 << 20))
+    assert sums["alpha"] == sums["beta"], sums
+
+
+def test_queue_overflow_and_outage_max_fall_back_to_the_bitmap(pair):
+    """An outage longer than outage_max (4 s), then one whose writes overflow a 1 MiB queue: each time the
+    queued writes go to the bitmap (logged, counted), later writes too, and after the link heals the
+    resync copies them; every acknowledged write ends on beta and the disks are equal."""
+    a, b = pair.alpha, pair.beta
+    same_start(pair)
+    connect_pair(pair, opts=TIMERS + " outage_max=4000")
+    a.ok("echo 1048576 > /sys/block/rmirror0/rmirror/outage_queue_bytes")
+    logs = []
+    for i, (count, why) in enumerate(((64, "outlasted outage_max"), (600, "outage queue full"))):
+        log = f"/tmp/o{i}.log"
+        logs.append(log)
+        t0 = klog_marker(a, f"rmirror-test: outage {i}")
+        pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
+        wait_cstate(a, "outage", timeout=30)
+        a.ok(f"{CHECK} write /dev/rmirror0 --log {log} --offset {16 * i}M --size 16M --jobs 2 --count {count} "
+             f"--seed {50 + i}", timeout=300)
+        a.ok("sleep 5")
+        st = status(a)
+        lines = klog(a, f"rmirror-test: outage {i}")
+        assert first_after(lines, t0, why) is not None, lines
+        assert st["queued"] == 0 and st["out_of_sync"] > 0 and st["queue_overflows"] == i + 1, st
+        pair.each(heal)
+        wait_in_sync(a)
+    for log in logs:
+        copy_file(a, b, log)
+    res = verify(b, "/dev/vdb", logs, 0, 32)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
+    sums = pair.each(lambda vm: md5_dev(vm, nbytes=64 << 20, bs=1 << 20))
+    assert sums["alpha"] == sums["beta"], sums
+    # The bound is validated, and refused while writes are queued.
+    for bad in ("-1", "1073741825", "x"):
+        rc, out = sysfs_write(a, "/sys/block/rmirror0/rmirror/outage_queue_bytes", bad)
+        assert rc != 0, (bad, out)
+    assert "outage_queue_bytes: expected bytes" in a.ok("dmesg | tail -3")

@@ -674,9 +674,17 @@ pub mod status {
     pub const RESYNCED: &str = "resynced";
     /// Key: estimated seconds until the resync ends (0: none running or not known yet).
     pub const RESYNC_ETA: &str = "resync_eta";
+    /// Key: writes in the outage queue.
+    pub const QUEUED: &str = "queued";
+    /// Key: bytes in the outage queue.
+    pub const QUEUED_BYTES: &str = "queued_bytes";
+    /// Key: writes sent by outage-queue replays, in total.
+    pub const REPLAYED: &str = "replayed";
+    /// Key: times the outage queue was given up (overflow or `outage_max`) for the bitmap.
+    pub const QUEUE_OVERFLOWS: &str = "queue_overflows";
 
     /// All keys of ABI v1 in their fixed order.
-    pub const KEYS: [&str; 26] = [
+    pub const KEYS: [&str; 30] = [
         NAME,
         MINOR,
         ROLE,
@@ -703,6 +711,10 @@ pub mod status {
         DISK,
         RESYNCED,
         RESYNC_ETA,
+        QUEUED,
+        QUEUED_BYTES,
+        REPLAYED,
+        QUEUE_OVERFLOWS,
     ];
 
     /// Appends `key=value` pairs, space-separated, into a byte slice.
@@ -835,6 +847,14 @@ pub mod status {
         pub resynced: u64,
         /// Resync ETA in seconds.
         pub resync_eta: u64,
+        /// Writes in the outage queue.
+        pub queued: u64,
+        /// Bytes in the outage queue.
+        pub queued_bytes: u64,
+        /// Writes replayed from the outage queue.
+        pub replayed: u64,
+        /// Outage queue give-ups.
+        pub queue_overflows: u64,
     }
 
     impl Status<'_> {
@@ -867,6 +887,10 @@ pub mod status {
             w.field(DISK, self.disk)?;
             w.field(RESYNCED, self.resynced)?;
             w.field(RESYNC_ETA, self.resync_eta)?;
+            w.field(QUEUED, self.queued)?;
+            w.field(QUEUED_BYTES, self.queued_bytes)?;
+            w.field(REPLAYED, self.replayed)?;
+            w.field(QUEUE_OVERFLOWS, self.queue_overflows)?;
             Ok(w.finish())
         }
     }
@@ -1161,6 +1185,10 @@ mod tests {
             disk: "up_to_date",
             resynced: 0,
             resync_eta: 0,
+            queued: 0,
+            queued_bytes: 0,
+            replayed: 0,
+            queue_overflows: 0,
         }
     }
 
@@ -1175,7 +1203,7 @@ mod tests {
              local=10.0.0.1:7788 protocol=C backing=/dev/vdb size=2048 inline_max=4096 \
              writes=1 write_bytes=4096 small_writes=1 large_writes=0 acks=1 out_of_sync=0 inflight=0 \
              connect_attempts=2 connects=1 timeouts=0 pings=5 pongs=4 repl=off disk=up_to_date \
-             resynced=0 resync_eta=0"
+             resynced=0 resync_eta=0 queued=0 queued_bytes=0 replayed=0 queue_overflows=0"
         );
         let keys: Vec<&str> = status::parse(text).map(|kv| kv.unwrap().0).collect();
         assert_eq!(keys, status::KEYS);

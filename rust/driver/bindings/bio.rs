@@ -134,6 +134,15 @@ impl Bio {
         unsafe { (*self.0.as_ptr()).bi_iter.bi_size }
     }
 
+    /// Copies the bio's data into `buf` (at most `buf.len()` bytes, whole segments); returns the
+    /// bytes copied.
+    pub(crate) fn copy_to(&self, buf: &mut [u8]) -> usize {
+        // SAFETY: the bio is live and unchanged while borrowed (type invariant); its pages hold
+        // data for its whole size; `buf` is writable for its length and the shim copies whole
+        // segments only while they fit.
+        unsafe { ffi::rmirror_bio_copy_to(self.0.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    }
+
     /// Splits the bio to the disk's queue limits (bio-based drivers must do it themselves).
     /// Returns `None` when the block layer ended the bio (e.g. on a split error).
     pub(crate) fn split_to_limits(self) -> Option<Bio> {
