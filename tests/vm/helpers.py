@@ -292,9 +292,10 @@ def fio_result(out):
     return job["error"], job["write"]["clat_ns"]["max"] / 1e9
 
 
-def verify(vm, dev, logs, offset_mib, size_mib):
-    """rmirror-check verify: the JSON counts (the command's exit status is checked by the caller)."""
-    args = " ".join(f"--log {log}" for log in logs)
+def verify(vm, dev, logs, offset_mib, size_mib, prefix=False):
+    """rmirror-check verify (--prefix too with `prefix`): the JSON counts, with the exit status as "rc" and
+    stderr's examples as "problems" (the caller decides what must be 0)."""
+    args = " ".join(f"--log {log}" for log in logs) + (" --prefix" if prefix else "")
     rc, out, err = vm.run3(f"{CHECK} verify {dev} {args} --offset {offset_mib}M --size {size_mib}M", 300)
     assert rc in (0, 1), f"{vm.name}: rmirror-check verify failed to run ({rc}): {out}{err}"
     res = json.loads(out.strip().splitlines()[-1])

@@ -30,6 +30,29 @@ def write_notify(seq, length):
     return preamble(WRITE_NOTIFY, 0, struct.pack("<II", seq, length))
 
 
+BITMAP, RESYNC_REPLY, RESYNC_ACK = 0x0B, 0x0D, 0x10
+REGIONS = S // 8  # bitmap bits of the device (4 KiB regions)
+
+
+def varint(v):
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def bitmap(offset, bits, rle, last=True):
+    """A Bitmap chunk: `bits` regions from `offset`, run-length encoded (clean run first)."""
+    return preamble(BITMAP, 8 + len(rle), struct.pack("<IB3x", bits, int(last))) + struct.pack("<Q", offset) + rle
+
+
+def resync_reply(sector, sectors, data):
+    return preamble(RESYNC_REPLY, 8 + len(data), struct.pack("<II", sectors, 0)) + struct.pack("<Q", sector) + data
+
+
 @pytest.fixture(autouse=True)
 def secondary(pair, clean_pair):
     b = pair.beta
@@ -85,6 +108,13 @@ def frames_of(blob):
      + small_write(2, TARGET, b"\x5a" * 4096), "small write while a large write was announced"),
     ("truncated write", lambda: handshake(S) + small_write(1, TARGET, b"\x5a" * 4096)[:1000],
      "the peer closed the connection"),
+    ("bitmap beyond the device", lambda: handshake(S) + bitmap(REGIONS, 8, varint(0) + varint(8)),
+     "bitmap chunk does not fit the device"),
+    ("bitmap runs not summing up", lambda: handshake(S) + bitmap(0, 64, varint(8) + varint(8)), None),
+    ("resync data beyond the device", lambda: handshake(S) + resync_reply(S - 4, 8, b"\x5a" * 4096),
+     "sector range beyond device"),
+    ("resync data cut short", lambda: handshake(S) + resync_reply(TARGET, 8, b"\x5a" * 2048)
+     + small_write(1, TARGET, b"\x5a" * 4096), None),
     ("meta handshake on the data socket", lambda: handshake(S, channel=1), "a meta socket without a data socket"),
     ("unknown channel", lambda: handshake(S, channel=2), "invalid field value"),
     ("unknown volume", lambda: handshake(S) + small_write(1, TARGET, b"\x5a" * 4096, volume=5),
@@ -118,6 +148,19 @@ def test_well_formed_small_write_is_applied_and_acked(pair):
     acks = [f for cmd, f in frames if cmd == 0x05]
     assert len(acks) == 1, reply
     assert struct.unpack_from("<I", acks[0], 8)[0] == 1 and acks[0][12] == 2, reply
+
+
+def test_well_formed_bitmap_and_resync_data_are_applied_and_acked(pair):
+    """Positive control for the bitmap and resync cases: a clean bitmap (one run of every region) and one
+    chunk of resync data at TARGET: beta writes it and answers ResyncAck(TARGET, 8) on the meta socket."""
+    b = pair.beta
+    before = target_md5(b)
+    frames = handshake(S) + bitmap(0, REGIONS, varint(REGIONS)) + resync_reply(TARGET, 8, b"\x5a" * 4096)
+    _, reply = send_as_primary(pair, frames)
+    assert target_md5(b) != before
+    acks = [f for cmd, f in frames_of(bytes.fromhex(reply)) if cmd == RESYNC_ACK]
+    assert len(acks) == 1, reply
+    assert struct.unpack_from("<IIQ", acks[0], 8) == (8, 0, TARGET), reply
 
 
 def test_connections_from_other_addresses_are_refused(pair):

@@ -299,12 +299,7 @@ def prefix_check(a, b, logs, size_mib):
     """rmirror-check verify --prefix of beta's disk against alpha's logs (copied as they are now)."""
     for log in logs:
         copy_file(a, b, log)
-    args = " ".join(f"--log {log}" for log in logs)
-    rc, out, err = b.run3(f"{CHECK} verify /dev/vdb {args} --size {size_mib}M --prefix", 300)
-    assert rc in (0, 1), f"verify failed to run: {out}{err}"
-    res = json.loads(out.strip().splitlines()[-1])
-    res["rc"], res["problems"] = rc, err
-    return res
+    return verify(b, "/dev/vdb", logs, 0, size_mib, prefix=True)
 
 
 def test_short_outage_is_queued_and_replayed_in_order(pair):

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from helpers import S, connect_pair, remove, status
+from helpers import S, connect_pair, create, remove, status, sysfs_write
 
 # Mixed sizes: 4 KiB writes take the inline (small-write) path (inline_max defaults to 4096), 128 KiB ones
 # the long path; randommap (fio's default) means no block is written twice, so verify is exact.
@@ -100,8 +100,9 @@ def test_small_write_threshold_is_live(pair):
 
 
 def test_writes_without_peer_complete_and_are_counted(pair):
-    """With the secondary gone, the primary keeps serving writes and counts them out of sync
-    (the fracture bitmap and resync consume this next)."""
+    """With the secondary gone, the primary keeps serving writes: an outage that began while replicating
+    keeps them in the outage queue (16 writes of 4 KiB, nothing marked in the bitmap), whose bound cannot
+    change while it holds writes (EBUSY); with the queue off, the same writes are marked in the bitmap."""
     a, b = pair.alpha, pair.beta
     connect_pair(pair)
     remove(b)
@@ -109,5 +110,13 @@ def test_writes_without_peer_complete_and_are_counted(pair):
          "sleep 0.1; done; exit 1")
     a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=16 oflag=direct 2>/dev/null")
     st = status(a)
-    assert st["out_of_sync"] == 16 * 8, st
+    assert st["queued"] == 16 and st["queued_bytes"] == 16 * 4096 and st["out_of_sync"] == 0, st
     assert st["cstate"] != "connected", st
+    rc, out = sysfs_write(a, "/sys/block/rmirror0/rmirror/outage_queue_bytes", 0)
+    assert rc != 0 and "busy" in out.lower(), out
+    remove(a)
+    # A primary that never connected has no outage to queue for: its writes go to the bitmap.
+    create(a, "primary")
+    a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=16 oflag=direct 2>/dev/null")
+    st = status(a)
+    assert st["out_of_sync"] == 16 * 8 and st["queued"] == 0, st

@@ -66,34 +66,20 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn write(s: &Scratch, extra: &[&str]) -> Output {
+/// Runs `cmd` (write or verify) on the scratch disk and log, 1 MiB, buffered I/O.
+fn sub(cmd: &str, s: &Scratch, extra: &[&str]) -> Output {
     let (disk, log) = (s.disk(), s.log());
-    let mut args = vec![
-        "write",
-        path(&disk),
-        "--log",
-        path(&log),
-        "--size",
-        "1M",
-        "--no-direct",
-    ];
+    let mut args = vec![cmd, path(&disk), "--log", path(&log), "--size", "1M", "--no-direct"];
     args.extend_from_slice(extra);
     run(&args)
 }
 
+fn write(s: &Scratch, extra: &[&str]) -> Output {
+    sub("write", s, extra)
+}
+
 fn verify(s: &Scratch, extra: &[&str]) -> Output {
-    let (disk, log) = (s.disk(), s.log());
-    let mut args = vec![
-        "verify",
-        path(&disk),
-        "--log",
-        path(&log),
-        "--size",
-        "1M",
-        "--no-direct",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    sub("verify", s, extra)
 }
 
 /// A block whose last write was acknowledged, from the log.

@@ -106,34 +106,11 @@ fn fill(out: &mut [u8], stamp: Stamp) {
     }
 }
 
-/// CRC32C (Castagnoli): reflected polynomial 0x82F63B78, initial value and final xor !0.
+/// CRC32C (Castagnoli) of `data`: the core's implementation (`rmirror_core::crc`), the same
+/// the driver uses.
 pub fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc = CRC_TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    rmirror_core::crc::crc32c(0, data)
 }
-
-/// The reflected Castagnoli polynomial.
-const POLY: u32 = 0x82F6_3B78;
-
-/// CRC32C of every byte value, one byte at a time.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ POLY } else { c >> 1 };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
 
 #[cfg(test)]
 mod tests {
