@@ -142,6 +142,8 @@ impl Device {
     fn recv_handshake(&self, link: &dyn Transport, buf: &mut [u8]) -> core::result::Result<Handshake, &'static str> {
         let deadline = self.now_ms().saturating_add(u64::from(self.conn.lock().sm.config().timeout_ms));
         let stop = || self.stopping() || self.now_ms() >= deadline;
+        // The deadline is checked at every receive tick: make it fine-grained.
+        link.set_tick_ms(META_TICK_MS);
         let lim = Limits { dev_sectors: self.cfg.sectors, max_payload: 0 };
         match recv_msg(link, buf, &lim, &stop) {
             Ok(Message::Handshake(h)) => Ok(h),
