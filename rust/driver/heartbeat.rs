@@ -41,7 +41,7 @@ impl Device {
     fn wait_complete(&self, served: u64) -> Option<(Arc<dyn Transport>, u64)> {
         loop {
             let now = self.now_ms();
-            let (act, generation, dropped) = {
+            let (act, generation) = {
                 let mut c = self.conn.lock();
                 if c.stopping {
                     return None;
@@ -50,20 +50,14 @@ impl Device {
                     return Some((m.clone(), c.generation));
                 }
                 let act = c.sm.on_tick(now);
-                let mut dropped = 0;
-                if act.give_up_queue {
-                    let mut mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, u64::from(len.div_ceil(512)));
-                    dropped = c.outq.give_up(&mut mark);
-                }
                 if !act.close {
                     let _ = self.link_changed.wait_interruptible_timeout(&mut c,
                         kernel::time::msecs_to_jiffies(META_TICK_MS));
                 }
-                (act, c.generation, dropped)
+                (act, c.generation)
             };
-            if dropped > 0 {
-                pr_warn!("{}: the outage outlasted outage_max: {} queued writes moved to the bitmap\n",
-                    &*self.cfg.name, dropped);
+            if act.give_up_queue {
+                self.give_up_outage_queue("the outage outlasted outage_max");
             }
             if act.close {
                 self.connection_lost(generation, "the handshake timed out");
@@ -139,8 +133,7 @@ impl Device {
             match c.inflight.iter().position(|r| r.seq == seq) {
                 Some(i) => c.inflight.remove(i).map_err(|_| "ack for an unknown write")?,
                 None => {
-                    let mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, u64::from(len.div_ceil(512)));
-                    if !c.outq.ack(seq, ok, mark) {
+                    if !c.outq.ack(seq, ok, |sector, len| self.mark_out_of_sync(sector, len)) {
                         return Err("ack for an unknown write");
                     }
                     let (done, replayed) = (c.outq.is_empty(), c.outq.replayed);

@@ -244,7 +244,7 @@ impl Device {
     /// Queues `req` in the outage queue with a copy of its data (the connection locked). False
     /// if it went to the bitmap instead (the queue overflowed, or no memory for the copy).
     pub(crate) fn push_outage(&self, c: &mut Conn, req: &CloneRef<Request>) -> bool {
-        let mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, u64::from(len.div_ceil(512)));
+        let mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, len);
         let data = if req.len == 0 {
             None
         } else {
@@ -277,7 +277,7 @@ impl Device {
     /// The outage lasted longer than `outage_max` (or the device goes away): the queued writes
     /// go to the bitmap.
     pub(crate) fn give_up_outage_queue(&self, why: &str) {
-        let mut mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, u64::from(len.div_ceil(512)));
+        let mut mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, len);
         let n = self.conn.lock().outq.give_up(&mut mark);
         if n > 0 {
             pr_warn!("{}: {}: {} queued writes moved to the bitmap\n", &*self.cfg.name, why, n);

@@ -107,7 +107,7 @@ impl CloneData for Request {
         }
         let dev = &self.dev;
         if mark && net != PART_QUEUED {
-            dev.mark_out_of_sync(self.sector, u64::from(self.len.div_ceil(512)));
+            dev.mark_out_of_sync(self.sector, self.len);
         }
         dev.slot_release(self.slot);
         dev.stats.inflight.fetch_sub(1, Ordering::Relaxed);

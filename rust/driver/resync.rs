@@ -117,10 +117,10 @@ pub(crate) fn eta_s(dev: &Device) -> u64 {
 }
 
 impl Device {
-    /// Marks `sector..sector+sectors` out of sync (any context).
-    pub(crate) fn mark_out_of_sync(&self, sector: u64, sectors: u64) {
-        if sectors > 0 {
-            let _ = self.bitmap.lock().set_range(sector, sectors);
+    /// Marks the `len` bytes at `sector` out of sync (any context; a partial sector counts).
+    pub(crate) fn mark_out_of_sync(&self, sector: u64, len: u32) {
+        if len > 0 {
+            let _ = self.bitmap.lock().set_range(sector, u64::from(len.div_ceil(512)));
         }
     }
 
