@@ -180,6 +180,10 @@ pub(crate) struct Device {
     pub(crate) resync_cv: CondVar,
     /// Resync rate cap in KiB/s, 0 for none (sysfs `resync_rate`).
     pub(crate) resync_rate: AtomicU32,
+    /// The on-disk metadata (`None` with `meta=core`); its lock serializes metadata I/O and is
+    /// taken before the bitmap's.
+    #[pin]
+    pub(crate) md: Mutex<Option<crate::md::Md>>,
 }
 
 /// Everything the registry keeps for a device. Dropping it tears the device down in order:
@@ -220,7 +224,17 @@ impl Device {
             pr_err!("{}: table: {}\n", &*cfg.name, e.as_str());
             EINVAL
         })?;
-        let bitmap = crate::resync::new_bitmap(cfg.sectors)?;
+        let mut md = crate::md::Md::open(&cfg.name, &backing, &cfg.backing_path, cfg.sectors, t.meta)?;
+        let mut bitmap = crate::resync::new_bitmap(cfg.sectors)?;
+        if let Some(md) = md.as_mut() {
+            let marked = md.load_bitmap(&backing, &mut bitmap).inspect_err(|e| {
+                pr_err!("{}: cannot read the bitmap: error {}\n", &*cfg.name, e.to_errno());
+            })?;
+            if marked > 0 {
+                pr_info!("{}: bitmap: {} KiB out of sync\n", &*cfg.name, bitmap.weight_sectors() / 2);
+            }
+        }
+        let with_md = md.is_some();
         let outq = crate::outage::OutageQueue::new(crate::outage::DEFAULT_MAX_BYTES)?;
         // Connecting from the start, as DRBD's `up`.
         let _ = sm.on_connect(0);
@@ -251,11 +265,12 @@ impl Device {
                 resync <- new_mutex!(crate::resync::Progress::default()),
                 resync_cv <- new_condvar!(),
                 resync_rate: AtomicU32::new(0),
+                md <- new_mutex!(md),
                 cfg,
             }? Error),
             GFP_KERNEL,
         )?;
-        let mut entry = Entry { threads: KVec::with_capacity(4, GFP_KERNEL)?, disk: None, dev: dev.clone() };
+        let mut entry = Entry { threads: KVec::with_capacity(5, GFP_KERNEL)?, disk: None, dev: dev.clone() };
         let disk_name = CString::try_from_fmt(fmt!("rmirror{}", dev.cfg.index))?;
         entry.disk = Some(Disk::create(dev.clone(), &DiskOptions {
             name: &disk_name,
@@ -268,6 +283,10 @@ impl Device {
         let i = dev.cfg.index;
         let t = Thread::start(&thread_name(i, "meta")?, dev.clone(), crate::heartbeat::run)?;
         entry.threads.push(t, GFP_KERNEL)?;
+        if with_md {
+            let t = Thread::start(&thread_name(i, "md")?, dev.clone(), crate::md::run)?;
+            entry.threads.push(t, GFP_KERNEL)?;
+        }
         match dev.cfg.role {
             Role::Primary => {
                 let t = Thread::start(&thread_name(i, "conn")?, dev.clone(), crate::conn::primary_connect)?;
@@ -425,6 +444,13 @@ impl Drop for Entry {
         // Every write's clone freed: its request (and its device reference) is gone, so the
         // device is not freed in a completion, and no bio of ours is left anywhere.
         dev.bioset.drain();
+        // Every bit is marked now: save the bitmap and the superblock.
+        if dev.has_md() {
+            if let Err(e) = dev.md_writeback(true) {
+                pr_err!("{}: the bitmap could not be saved (error {}): regions marked since its last save are lost\n",
+                    &*dev.cfg.name, e.to_errno());
+            }
+        }
         self.disk = None; // del_gendisk: no more callbacks use the device pointer
     }
 }

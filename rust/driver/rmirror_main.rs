@@ -29,6 +29,7 @@ mod conn;
 mod control;
 mod device;
 mod heartbeat;
+mod md;
 #[allow(dead_code, unreachable_pub, unused_attributes, missing_docs)]
 #[path = "../core/src/lib.rs"]
 mod rcore;

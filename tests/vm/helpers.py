@@ -43,6 +43,7 @@ RESET = """
 for m in /mnt/a /mnt/b; do umount $m 2>/dev/null; done
 iptables -F 2>/dev/null; tc qdisc del dev eth0 root 2>/dev/null
 if grep -q '^rmirror ' /proc/modules; then rmmod rmirror || exit 1; fi
+dmsetup remove_all 2>/dev/null
 for l in /dev/loop[0-9]*; do losetup -d $l 2>/dev/null; done; rm -f /tmp/loop*.img
 ! grep -q '^rmirror ' /proc/modules
 """

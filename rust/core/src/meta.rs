@@ -142,6 +142,29 @@ impl Error {
             Error::SizeChanged => "device size differs from the metadata",
         }
     }
+
+    /// The Linux errno the kernel and `rmirrorctl` report this as (positive): no metadata
+    /// `ENODATA`, a bad checksum `EBADMSG`, an unknown version or feature `EOPNOTSUPP`, a size
+    /// mismatch `ENOSPC`, anything else inconsistent `EUCLEAN` (as filesystems report
+    /// corrupted metadata).
+    pub fn errno(&self) -> i32 {
+        const ENOSPC: i32 = 28;
+        const ENODATA: i32 = 61;
+        const EBADMSG: i32 = 74;
+        const EOPNOTSUPP: i32 = 95;
+        const EUCLEAN: i32 = 117;
+        match self {
+            Error::BadMagic => ENODATA,
+            Error::BadChecksum => EBADMSG,
+            Error::UnsupportedVersion | Error::UnsupportedFeatures => EOPNOTSUPP,
+            Error::DeviceTooSmall | Error::MetaDeviceTooSmall | Error::SizeChanged => ENOSPC,
+            Error::Invalid
+            | Error::InvalidRegionSize
+            | Error::InvalidAl
+            | Error::DeviceTooLarge
+            | Error::Overlap => EUCLEAN,
+        }
+    }
 }
 
 /// Where the metadata lives.
@@ -700,6 +723,11 @@ mod tests {
         for e in [Error::BadMagic, Error::Overlap, Error::SizeChanged] {
             assert!(!e.as_str().is_empty());
         }
+        assert_eq!(Error::BadMagic.errno(), 61);
+        assert_eq!(Error::BadChecksum.errno(), 74);
+        assert_eq!(Error::UnsupportedVersion.errno(), 95);
+        assert_eq!(Error::SizeChanged.errno(), 28);
+        assert_eq!(Error::Overlap.errno(), 117);
     }
 
     #[test]

@@ -24,6 +24,11 @@
 //!               connect_retry=<ms>  delay between connection attempts, 100..=600000, default 1000
 //!               outage_max=<ms>     longest outage whose writes stay queued, 0 (no limit) or
 //!                                   timeout..=86400000, default 60000
+//!               meta=<where>        the metadata (superblock, activity log, fracture bitmap):
+//!                                   internal (at the end of the backing device), an absolute
+//!                                   device path (external), or core (in memory only, like
+//!                                   dm-mirror's core log: nothing survives a removal); default
+//!                                   core. Written by `rmirrorctl create-md`.
 //!               each option at most once; unknown keys are errors
 //! ```
 //!
@@ -56,12 +61,14 @@ pub const INLINE_MAX_DEFAULT: u32 = 4096;
 pub const NODE_ID_MAX: u8 = 31;
 /// Upper bound of the canonical line length ([`Table::write`] never needs more; a buffer of
 /// this size always suffices).
-pub const LINE_MAX: usize = 512;
+pub const LINE_MAX: usize = 1024;
 
 // "0 " + u64 (20) + " rmirror " + path + " secondary " + 2 x "255.255.255.255:65535 "
 // + "C" + " inline_max=" + u32 (10) + " node_id=" + u8 (3) + five " <timer>=" + u32
+// + " meta=" + path
 const _: () = assert!(
-    2 + 20 + 9 + BACKING_MAX + 11 + 2 * 22 + 1 + 12 + 10 + 9 + 3 + 5 * (15 + 10) <= LINE_MAX
+    2 + 20 + 9 + BACKING_MAX + 11 + 2 * 22 + 1 + 12 + 10 + 9 + 3 + 5 * (15 + 10) + 6 + BACKING_MAX
+        <= LINE_MAX
 );
 const _: () = assert!(INLINE_MAX_LIMIT.is_multiple_of(INLINE_MAX_ALIGN));
 const _: () = assert!(INLINE_MAX_DEFAULT.is_multiple_of(INLINE_MAX_ALIGN));
@@ -107,6 +114,8 @@ pub enum TableError {
     BadTimingValue,
     /// The timing options break a rule of [`Timing::validate`].
     BadTiming(super::state::conn::Error),
+    /// `meta` is neither internal, core nor an absolute device path.
+    BadMeta,
     /// The output buffer of [`Table::write`] is too small.
     NoSpace,
 }
@@ -138,7 +147,7 @@ impl TableError {
             }
             TableError::BadOption => "bad option: expected key=value",
             TableError::UnknownOption => {
-                "unknown option: expected inline_max, node_id, ping_interval, timeout, probation, connect_retry or outage_max"
+                "unknown option: expected inline_max, node_id, ping_interval, timeout, probation, connect_retry, outage_max or meta"
             }
             TableError::DuplicateOption => "option given more than once",
             TableError::BadInlineMax => {
@@ -147,6 +156,9 @@ impl TableError {
             TableError::BadNodeId => "bad node_id: expected 0 to 31",
             TableError::BadTimingValue => "bad timing option: expected milliseconds",
             TableError::BadTiming(e) => e.as_str(),
+            TableError::BadMeta => {
+                "bad meta: expected internal, core or the absolute path of a metadata device"
+            }
             TableError::NoSpace => "table line does not fit in the output buffer",
         }
     }
@@ -272,6 +284,38 @@ impl fmt::Display for SockAddr {
     }
 }
 
+/// Where a device keeps its metadata (the `meta=` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meta<'a> {
+    /// In memory only: the fracture bitmap is lost when the device is removed (the default).
+    Core,
+    /// At the end of the backing device (`core::meta::Layout::internal`).
+    Internal,
+    /// At the start of this separate device (`core::meta::Layout::external`).
+    External(&'a str),
+}
+
+impl<'a> Meta<'a> {
+    /// Parses the option's value.
+    pub fn parse(s: &'a str) -> Result<Self, TableError> {
+        match s {
+            "core" => Ok(Meta::Core),
+            "internal" => Ok(Meta::Internal),
+            _ => parse_backing(s).map(Meta::External).map_err(|_| TableError::BadMeta),
+        }
+    }
+}
+
+impl fmt::Display for Meta<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Meta::Core => f.write_str("core"),
+            Meta::Internal => f.write_str("internal"),
+            Meta::External(p) => f.write_str(p),
+        }
+    }
+}
+
 /// A parsed table line, borrowing the backing path from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Table<'a> {
@@ -295,6 +339,8 @@ pub struct Table<'a> {
     pub node_id: u8,
     /// Heartbeat, timeout, probation and retry timers (validated).
     pub timing: Timing,
+    /// Where the metadata lives.
+    pub meta: Meta<'a>,
 }
 
 impl Table<'_> {
@@ -331,6 +377,9 @@ impl fmt::Display for Table<'_> {
             if v != d {
                 write!(f, " {key}={v}")?;
             }
+        }
+        if self.meta != Meta::Core {
+            write!(f, " meta={}", self.meta)?;
         }
         Ok(())
     }
@@ -419,6 +468,7 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
     let mut node_id = None;
     let mut timing = Timing::DEFAULT;
     let mut timing_seen = 0u8;
+    let mut meta = None;
     for opt in f {
         let (key, value) = opt.split_once('=').ok_or(TableError::BadOption)?;
         match key {
@@ -446,6 +496,12 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
                     }
                     _ => return Err(TableError::BadNodeId),
                 });
+            }
+            "meta" => {
+                if meta.is_some() {
+                    return Err(TableError::DuplicateOption);
+                }
+                meta = Some(Meta::parse(value)?);
             }
             "" => return Err(TableError::BadOption),
             _ => {
@@ -480,6 +536,7 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
             timing.validate().map_err(TableError::BadTiming)?;
             timing
         },
+        meta: meta.unwrap_or(Meta::Core),
     })
 }
 
@@ -508,6 +565,7 @@ mod tests {
             inline_max: 4096,
             node_id: 0,
             timing: Timing::DEFAULT,
+            meta: Meta::Core,
         }
     }
 
@@ -598,6 +656,7 @@ mod tests {
                 connect_retry_ms: u32::MAX,
                 outage_max_ms: u32::MAX,
             },
+            meta: Meta::External(&long_path),
         };
         assert!(t.write(&mut out).is_ok());
     }
@@ -753,6 +812,32 @@ mod tests {
     }
 
     #[test]
+    fn meta_option() {
+        let t = parse(GOOD).unwrap();
+        assert_eq!(t.meta, Meta::Core);
+        let line = format!("{GOOD} meta=internal");
+        let t = parse(&line).unwrap();
+        assert_eq!(t.meta, Meta::Internal);
+        assert_eq!(t.to_string(), line);
+        let line = format!("{GOOD} meta=/dev/vdc");
+        let t = parse(&line).unwrap();
+        assert_eq!(t.meta, Meta::External("/dev/vdc"));
+        assert_eq!(t.to_string(), format!("{GOOD} meta=/dev/vdc"));
+        // core is the default, so the canonical line leaves it out
+        assert_eq!(parse(&format!("{GOOD} meta=core")).unwrap().to_string(), GOOD);
+        for bad in ["meta=", "meta=Internal", "meta=vdc", "meta=/dev/\x01"] {
+            let line = format!("{GOOD} {bad}");
+            assert_eq!(parse(&line), Err(TableError::BadMeta), "{bad}");
+        }
+        let long = format!("{GOOD} meta=/{}", "a".repeat(BACKING_MAX));
+        assert_eq!(parse(&long), Err(TableError::BadMeta));
+        assert_eq!(
+            parse(&format!("{GOOD} meta=core meta=internal")),
+            Err(TableError::DuplicateOption)
+        );
+    }
+
+    #[test]
     fn sockaddr() {
         let a = SockAddr::parse("0.0.0.0:1").unwrap();
         assert_eq!(a.ip, [0; 4]);
@@ -794,6 +879,7 @@ mod tests {
             BadNodeId,
             BadTimingValue,
             BadTiming(crate::state::conn::Error::TimeoutRange),
+            BadMeta,
             NoSpace,
         ];
         let mut seen = std::collections::HashSet::new();
@@ -846,7 +932,12 @@ mod tests {
         fn write_then_parse_round_trips(p in arb_table_parts()) {
             let (len, backing, role, local, peer, protocol, inline_max, node_id) = p;
             let timing = Timing { timeout_ms: 2000 + u32::from(node_id), ..Timing::DEFAULT };
-            let t = Table { start: 0, len, backing: &backing, role, local, peer, protocol, inline_max, node_id, timing };
+            let meta = match node_id % 3 {
+                0 => Meta::Core,
+                1 => Meta::Internal,
+                _ => Meta::External(&backing),
+            };
+            let t = Table { start: 0, len, backing: &backing, role, local, peer, protocol, inline_max, node_id, timing, meta };
             let mut out = [0u8; LINE_MAX];
             let n = t.write(&mut out).unwrap();
             let line = core::str::from_utf8(&out[..n]).unwrap();

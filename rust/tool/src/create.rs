@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io;
 
 use clap::{Args, ValueEnum};
-use rmirror_core::table::{self, Protocol, Role, SockAddr, Table, TableError};
 use rmirror_core::state::conn::Config as Timing;
+use rmirror_core::table::{self, Meta, Protocol, Role, SockAddr, Table, TableError};
 
 use crate::error::Failure;
 use crate::sys;
@@ -18,11 +18,11 @@ pub struct CreateArgs {
     pub name: String,
 
     /// Whole table line, sent to the kernel as is:
-    /// "0 LEN rmirror BACKING ROLE LOCAL PEER PROTOCOL [inline_max=N] [node_id=N]"
+    /// "0 LEN rmirror BACKING ROLE LOCAL PEER PROTOCOL [inline_max=N] [node_id=N] [meta=WHERE] ..."
     #[arg(
         long,
         value_name = "LINE",
-        conflicts_with_all = ["backing", "role", "local", "peer", "protocol", "inline_max", "node_id", "len"]
+        conflicts_with_all = ["backing", "role", "local", "peer", "protocol", "inline_max", "node_id", "len", "meta"]
     )]
     pub table: Option<String>,
 
@@ -81,7 +81,14 @@ pub struct TableOpts {
     #[arg(long, value_name = "MS")]
     pub outage_max: Option<u32>,
 
-    /// Device size in 512-byte sectors [default: the size of the backing device]
+    /// Where the metadata is: "internal" (end of the backing device), the absolute path of a
+    /// metadata device, or "core" (in memory only); internal and external metadata are written
+    /// by create-md [default: core]
+    #[arg(long, value_name = "internal|core|PATH", value_parser = parse_meta)]
+    pub meta: Option<String>,
+
+    /// Device size in 512-byte sectors [default: the data size recorded in the metadata with
+    /// --meta internal or PATH, else the size of the backing device]
     #[arg(long, value_name = "SECTORS")]
     pub len: Option<u64>,
 }
@@ -135,20 +142,32 @@ pub fn parse_addr(s: &str) -> Result<SockAddr, String> {
     })
 }
 
+/// clap value parser for `--meta`: checked here, kept as a string (a `Meta` borrows it).
+pub fn parse_meta(s: &str) -> Result<String, String> {
+    Meta::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.as_str().to_string())
+}
+
 fn table_failure(e: TableError) -> Failure {
     Failure::invalid(e.as_str()).context("table")
 }
 
 impl TableOpts {
     /// Builds and validates the canonical table line; `len` is `--len` or, when absent, the
-    /// result of `backing_len(path)` in sectors.
+    /// result of `default_len(backing, meta)` in sectors (`md::default_len`: the backing
+    /// size, or the data size in the metadata).
     pub fn line(
         &self,
-        backing_len: impl FnOnce(&str) -> Result<u64, Failure>,
+        default_len: impl FnOnce(&str, Meta<'_>) -> Result<u64, Failure>,
     ) -> Result<String, Failure> {
         let missing = |what: &str| Failure::invalid(format!("missing --{what}"));
         let backing = self.backing.as_deref().ok_or_else(|| missing("backing"))?;
         let role: Role = self.role.ok_or_else(|| missing("role"))?.into();
+        let meta = match self.meta.as_deref() {
+            Some(m) => Meta::parse(m).map_err(table_failure)?,
+            None => Meta::Core,
+        };
         let mut t = Table {
             start: 0,
             len: self.len.unwrap_or(1),
@@ -169,6 +188,7 @@ impl TableOpts {
                     outage_max_ms: self.outage_max.unwrap_or(d.outage_max_ms),
                 }
             },
+            meta,
         };
         // A path with whitespace would split into several fields: catch it by name.
         if backing.chars().any(char::is_whitespace) {
@@ -177,7 +197,7 @@ impl TableOpts {
         // Validate everything before touching the backing device ...
         table::parse(&t.to_string()).map_err(table_failure)?;
         if self.len.is_none() {
-            t.len = backing_len(backing)?;
+            t.len = default_len(backing, meta)?;
         }
         // ... and the final line again (the size may be 0 or too large).
         let line = t.to_string();
@@ -213,7 +233,7 @@ mod tests {
         }
     }
 
-    fn no_size(_: &str) -> Result<u64, Failure> {
+    fn no_size(_: &str, _: Meta<'_>) -> Result<u64, Failure> {
         panic!("size must not be looked up")
     }
 
@@ -239,12 +259,87 @@ mod tests {
     #[test]
     fn len_from_backing() {
         let line = opts()
-            .line(|p| {
-                assert_eq!(p, "/dev/vdb");
+            .line(|p, m| {
+                assert_eq!((p, m), ("/dev/vdb", Meta::Core));
                 Ok(4096)
             })
             .unwrap();
         assert!(line.starts_with("0 4096 rmirror "));
+    }
+
+    #[test]
+    fn meta_option() {
+        let mut o = opts();
+        o.len = Some(2048);
+        o.meta = Some("internal".into());
+        assert_eq!(
+            o.line(no_size).unwrap(),
+            "0 2048 rmirror /dev/vdb primary 10.0.0.1:7788 10.0.0.2:7788 C meta=internal"
+        );
+        o.meta = Some("core".into());
+        assert!(o.line(no_size).unwrap().ends_with(" C"));
+        o.meta = Some("/dev/vdc".into());
+        assert!(o.line(no_size).unwrap().ends_with(" C meta=/dev/vdc"));
+        o.meta = Some("vdc".into());
+        assert_eq!(
+            o.line(no_size).unwrap_err().detail.as_deref(),
+            Some(TableError::BadMeta.as_str())
+        );
+        assert!(parse_meta("vdc").is_err());
+        assert_eq!(parse_meta("internal").as_deref(), Ok("internal"));
+
+        // Without --len the length comes from whatever the metadata says.
+        let mut o = opts();
+        o.meta = Some("/dev/vdc".into());
+        let line = o
+            .line(|p, m| {
+                assert_eq!((p, m), ("/dev/vdb", Meta::External("/dev/vdc")));
+                Ok(4000)
+            })
+            .unwrap();
+        assert!(line.starts_with("0 4000 rmirror /dev/vdb "), "{line}");
+    }
+
+    #[test]
+    fn len_from_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let mut o = opts();
+        o.backing = Some(disk.to_str().unwrap().to_string());
+        o.meta = Some("internal".into());
+        let e = o.line(crate::md::default_len).unwrap_err();
+        assert_eq!(e.errno, libc::ENODATA);
+        assert_eq!(e.context.as_deref(), o.backing.as_deref());
+        crate::md::create_md(&crate::md::CreateMdArgs {
+            backing: disk.clone(),
+            meta_dev: None,
+            node_id: 0,
+            region_size: 4096,
+            al_slots: 8,
+            force: false,
+        })
+        .unwrap();
+        let data = rmirror_core::meta::Layout::internal(16384, 12, 8)
+            .unwrap()
+            .data_sectors;
+        let line = o.line(crate::md::default_len).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "0 {data} rmirror {} primary 10.0.0.1:7788 10.0.0.2:7788 C meta=internal",
+                disk.display()
+            )
+        );
+        // meta=core keeps the backing size.
+        o.meta = None;
+        assert!(o
+            .line(crate::md::default_len)
+            .unwrap()
+            .starts_with("0 16384 rmirror "));
     }
 
     #[test]
@@ -287,12 +382,12 @@ mod tests {
         );
 
         // A backing device smaller than one sector.
-        let e = opts().line(|_| Ok(0)).unwrap_err();
+        let e = opts().line(|_, _| Ok(0)).unwrap_err();
         assert_eq!(e.detail.as_deref(), Some(TableError::BadLen.as_str()));
 
         // Size lookup errors pass through.
         let e = opts()
-            .line(|_| Err(Failure::os(libc::ENOENT).context("/dev/vdb")))
+            .line(|_, _| Err(Failure::os(libc::ENOENT).context("/dev/vdb")))
             .unwrap_err();
         assert_eq!(e.errno, libc::ENOENT);
 

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 //! rmirrorctl: create, remove and inspect rmirror replication devices through /dev/rmirror-control.
 //!
-//! Verbs follow dmsetup (`create`, `remove`, `status`, `table`, `list`, `version`), output
-//! formats follow nvme-cli (`-o normal|json`). Errors are printed as
+//! Verbs follow dmsetup (`create`, `remove`, `status`, `table`, `list`, `version`), plus DRBD's
+//! `create-md` and `dump-md` for on-disk metadata (no kernel involved); output formats follow
+//! nvme-cli (`-o normal|json`). Errors are printed as
 //! `rmirrorctl: <verb> <name>: <strerror> (<ERRNO>)` with exit status 1; usage errors exit 2.
 
 mod control;
 mod create;
 mod errno;
 mod error;
+mod md;
 mod output;
 mod sys;
 
@@ -23,6 +25,7 @@ use rmirror_core::table::{self, Protocol};
 use control::Control;
 use create::CreateArgs;
 use error::Failure;
+use md::{CreateMdArgs, DumpMdArgs};
 use output::Format;
 
 /// Control rmirror block replication devices (/dev/rmirrorN).
@@ -51,6 +54,19 @@ pub enum Command {
         rmirrorctl create r0 --backing /dev/vdb --role primary --local 10.0.0.1:7788 --peer 10.0.0.2:7788\n  \
         rmirrorctl create r0 --table \"0 2097152 rmirror /dev/vdb primary 10.0.0.1:7788 10.0.0.2:7788 C\"")]
     Create(CreateArgs),
+
+    /// Write fresh metadata for BACKING: clean bitmap, empty activity log, superblock
+    #[command(
+        after_help = "Internal metadata takes the end of BACKING; the data size it leaves is \
+        printed and becomes the len of the table line (`create --meta internal`).\n\n\
+        Examples:\n  \
+        rmirrorctl create-md /dev/vdb\n  \
+        rmirrorctl create-md /dev/vdb --meta-dev /dev/vdc --node-id 1"
+    )]
+    CreateMd(CreateMdArgs),
+
+    /// Print the metadata of BACKING (read-only; works while a device uses it)
+    DumpMd(DumpMdArgs),
 
     /// Remove device NAME (fails with EBUSY while it is open or mounted)
     Remove {
@@ -104,6 +120,8 @@ impl Command {
     fn label(&self) -> (&'static str, Option<String>) {
         match self {
             Command::Create(a) => ("create", Some(a.name.clone())),
+            Command::CreateMd(a) => ("create-md", Some(a.backing.display().to_string())),
+            Command::DumpMd(a) => ("dump-md", Some(a.backing.display().to_string())),
             Command::Remove { name } => ("remove", Some(name.clone())),
             Command::Status { name, .. } => ("status", name.clone()),
             Command::List { .. } => ("list", None),
@@ -162,7 +180,18 @@ fn explain(f: Failure, cmd: Cmd, name: &str, data: &str) -> Failure {
         (Cmd::Create, libc::EEXIST) => f.hint(format!("a device named {name} already exists")),
         (Cmd::Create, libc::ENOENT) => f.hint("the backing device does not exist"),
         (Cmd::Create, libc::EBUSY) => f.hint("the backing device is in use"),
-        (Cmd::Create, libc::ENOSPC) => f.hint("too many rmirror devices"),
+        (Cmd::Create, libc::ENOSPC) => match dump_md_command(data) {
+            Some(dump) => f.hint(format!(
+                "too many rmirror devices, or the metadata does not fit the devices: {dump}"
+            )),
+            None => f.hint("too many rmirror devices"),
+        },
+        (Cmd::Create, libc::ENODATA | libc::EBADMSG | libc::EOPNOTSUPP | libc::EUCLEAN) => {
+            match dump_md_command(data) {
+                Some(dump) => f.hint(format!("the metadata was refused (dmesg has why): {dump}")),
+                None => f,
+            }
+        }
         (_, libc::ENXIO) => f.hint(format!("no rmirror device named {name}")),
         (Cmd::Remove, libc::EBUSY) => f.hint(format!("{name} is open or mounted")),
         (_, libc::EINVAL) if cmd.takes_name() => match abi::validate_name(name.as_bytes()) {
@@ -170,6 +199,18 @@ fn explain(f: Failure, cmd: Cmd, name: &str, data: &str) -> Failure {
             Ok(_) => f,
         },
         _ => f,
+    }
+}
+
+/// `rmirrorctl dump-md ...` for the metadata a table line names (`None` for `meta=core`).
+fn dump_md_command(line: &str) -> Option<String> {
+    let t = table::parse(line).ok()?;
+    match t.meta {
+        table::Meta::Core => None,
+        table::Meta::Internal => Some(format!("rmirrorctl dump-md {}", t.backing)),
+        table::Meta::External(p) => {
+            Some(format!("rmirrorctl dump-md {} --meta-dev {p}", t.backing))
+        }
     }
 }
 
@@ -202,12 +243,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Create(args) => {
             let line = match &args.table {
                 Some(line) => line.clone(),
-                None => args.opts.line(create::backing_sectors)?,
+                None => args.opts.line(md::default_len)?,
             };
             let ctl = open(cli)?;
             let a = call(&ctl, Cmd::Create, &args.name, &line)?;
             out(&format!("/dev/rmirror{}\n", a.minor));
         }
+        Command::CreateMd(args) => out(&md::create_md(args)?),
+        Command::DumpMd(args) => out(&md::dump_md(args)?),
         Command::Remove { name } => {
             call(&open(cli)?, Cmd::Remove, name, "")?;
         }
@@ -335,7 +378,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            a.opts.line(|_| unreachable!()).unwrap(),
+            a.opts.line(|_, _| unreachable!()).unwrap(),
             "0 8 rmirror /dev/vdb secondary 10.0.0.2:7788 10.0.0.1:7788 C"
         );
     }
@@ -447,6 +490,109 @@ mod tests {
     }
 
     #[test]
+    fn md_verbs() {
+        let c = parse(&["create-md", "/dev/vdb"]).unwrap();
+        let Command::CreateMd(a) = &c.command else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                a.meta_dev.is_none(),
+                a.node_id,
+                a.region_size,
+                a.al_slots,
+                a.force
+            ),
+            (true, 0, 4096, rmirror_core::al::DEFAULT_RING_SLOTS, false)
+        );
+        assert_eq!(c.command.label(), ("create-md", Some("/dev/vdb".into())));
+        let c = parse(&[
+            "create-md",
+            "/dev/vdb",
+            "--meta-dev",
+            "/dev/vdc",
+            "--node-id",
+            "31",
+            "--region-size",
+            "65536",
+            "--al-slots",
+            "1024",
+            "--force",
+        ])
+        .unwrap();
+        let Command::CreateMd(a) = &c.command else {
+            panic!()
+        };
+        assert_eq!(
+            a.meta_dev.as_deref(),
+            Some(std::path::Path::new("/dev/vdc"))
+        );
+        assert_eq!(
+            (a.node_id, a.region_size, a.al_slots, a.force),
+            (31, 65536, 1024, true)
+        );
+        let c = parse(&["dump-md", "/dev/vdb", "-o", "json"]).unwrap();
+        assert!(matches!(
+            &c.command,
+            Command::DumpMd(DumpMdArgs {
+                output: Format::Json,
+                meta_dev: None,
+                ..
+            })
+        ));
+        assert_eq!(c.command.label(), ("dump-md", Some("/dev/vdb".into())));
+        for bad in [
+            &["create-md"][..],
+            &["create-md", "/dev/vdb", "--node-id", "32"],
+            &["create-md", "/dev/vdb", "--region-size", "1000"],
+            &["create-md", "/dev/vdb", "--al-slots", "2"],
+            &["create-md", "/dev/vdb", "--al-slots", "1025"],
+            &["dump-md", "/dev/vdb", "-o", "xml"],
+            &["create", "r0", "--table", "x", "--meta", "internal"],
+            &[
+                "create",
+                "r0",
+                "--backing",
+                "/dev/vdb",
+                "--role",
+                "primary",
+                "--local",
+                "1.1.1.1:1",
+                "--peer",
+                "1.1.1.1:2",
+                "--meta",
+                "vdc",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let c = parse(&[
+            "create",
+            "r0",
+            "--backing",
+            "/dev/vdb",
+            "--role",
+            "primary",
+            "--local",
+            "1.1.1.1:1",
+            "--peer",
+            "1.1.1.1:2",
+            "--meta",
+            "internal",
+            "--len",
+            "4096",
+        ])
+        .unwrap();
+        let Command::Create(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            a.opts.line(|_, _| unreachable!()).unwrap(),
+            "0 4096 rmirror /dev/vdb primary 1.1.1.1:1 1.1.1.1:2 C meta=internal"
+        );
+    }
+
+    #[test]
     fn hints() {
         let line = "0 8 rmirror /dev/vdb primary 10.0.0.1:1 10.0.0.2:1 X";
         let f = explain(Failure::os(libc::EINVAL), Cmd::Create, "r0", line);
@@ -469,6 +615,29 @@ mod tests {
         assert_eq!(
             f.hints,
             ["table: protocol A and B are not supported yet: use protocol C"]
+        );
+        let md_line = "0 8 rmirror /dev/vdb primary 10.0.0.1:1 10.0.0.2:1 C meta=/dev/vdc";
+        let f = explain(Failure::os(libc::EBADMSG), Cmd::Create, "r0", md_line);
+        assert_eq!(
+            f.hints,
+            ["the metadata was refused (dmesg has why): rmirrorctl dump-md /dev/vdb --meta-dev /dev/vdc"]
+        );
+        let f = explain(
+            Failure::os(libc::ENOSPC),
+            Cmd::Create,
+            "r0",
+            &line.replace(" X", " C"),
+        );
+        assert_eq!(f.hints, ["too many rmirror devices"]);
+        let f = explain(
+            Failure::os(libc::ENOSPC),
+            Cmd::Create,
+            "r0",
+            &line.replace(" X", " C meta=internal"),
+        );
+        assert!(
+            f.hints[0].ends_with(": rmirrorctl dump-md /dev/vdb"),
+            "{f:?}"
         );
         let f = explain(Failure::os(libc::ENXIO), Cmd::Status, "r9", "");
         assert_eq!(

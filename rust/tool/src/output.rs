@@ -5,7 +5,7 @@ use clap::ValueEnum;
 use rmirror_core::abi::status;
 use serde_json::{Map, Value};
 
-/// Output format of `status` and `list`.
+/// Output format of `status`, `list` and `dump-md`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Human-readable text: the kernel's status line / one name per line.
@@ -101,7 +101,8 @@ pub fn render_list(names: &[String], format: Format) -> String {
     }
 }
 
-fn pretty(v: &Value) -> String {
+/// `v` as indented JSON with a final newline.
+pub fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".to_string());
     s.push('\n');
     s
