@@ -16,7 +16,7 @@
 use crate::bindings::net::Socket;
 use crate::bindings::thread::sleep_ms;
 use crate::device::{Addr, CState, Device, Queues, Role, MAX_IO_SECTORS};
-use crate::rcore::wire::{self, feature, Channel, Handshake, Limits, Message, Uuids};
+use crate::rcore::wire::{self, feature, Channel, Handshake, Limits, Message};
 use crate::transport::{max_frame, recv_msg, send_msg, tcp::Tcp, RecvError, Transport};
 use core::sync::atomic::Ordering::Relaxed;
 use kernel::prelude::*;
@@ -115,7 +115,7 @@ impl Device {
             node_id: self.cfg.node_id,
             dev_sectors: self.cfg.sectors,
             region_size: REGION_SIZE,
-            uuids: Uuids::default(),
+            uuids: self.wire_uuids(),
             role: match self.cfg.role {
                 Role::Primary => wire::Role::Primary,
                 Role::Secondary => wire::Role::Secondary,
@@ -183,6 +183,12 @@ impl Device {
             return Err(fail("the peer answered on the wrong channel"));
         }
         let small = self.check_peer(&peer).map_err(fail)?;
+        if let Err((why, standalone)) = self.check_uuids(&peer.uuids) {
+            if standalone {
+                self.go_standalone();
+            }
+            return Err(fail(why));
+        }
         let meta: Arc<dyn Transport> = Socket::connect(self.cfg.peer).and_then(Tcp::new)
             .map_err(|_| fail("cannot connect the meta socket"))?;
         meta.set_tick_ms(META_TICK_MS);
@@ -205,6 +211,14 @@ impl Device {
         }
     }
 
+    /// Stops connecting until the device is created again (split brain, unrelated data, ...).
+    fn go_standalone(&self) {
+        let now = self.now_ms();
+        let _ = self.conn.lock().sm.on_disconnect(now);
+        pr_warn!("{}: standalone: not connecting again until the device is recreated\n", &*self.cfg.name);
+        self.give_up_outage_queue("standalone");
+    }
+
     /// The `connect_retry` tunable.
     fn retry_ms(&self) -> u32 {
         self.conn.lock().sm.config().connect_retry_ms
@@ -216,6 +230,10 @@ impl Device {
 pub(crate) fn primary_connect(dev: &Arc<Device>) {
     let Some(mut buf) = frame_buffer(dev, 0) else { return };
     while !dev.stopping() {
+        if dev.cstate() == CState::Standalone {
+            pause(dev, 1000);
+            continue;
+        }
         match dev.connect_once(&mut buf) {
             Ok(generation) => dev.wait_lost(generation),
             Err(failed) => {
@@ -275,8 +293,14 @@ fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8]) -> core::r
             }
             let queues = Queues::new().map_err(|_| "out of memory")?;
             let generation = dev.attach(link.clone(), queues).ok_or("the device is stopping")?;
+            // Our handshake goes out even when we refuse: the primary reaches the same verdict
+            // from it and stops trying.
+            let verdict = dev.check_uuids(&peer.uuids);
             if send_msg(&*link, &Message::Handshake(dev.our_handshake(Channel::Data)), &stop).is_err() {
                 dev.connection_lost(generation, "cannot send the handshake");
+            }
+            if let Err((why, _)) = verdict {
+                dev.connection_lost(generation, why);
             }
             Ok(())
         }

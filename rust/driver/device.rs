@@ -184,6 +184,9 @@ pub(crate) struct Device {
     /// taken before the bitmap's.
     #[pin]
     pub(crate) md: Mutex<Option<crate::md::Md>>,
+    /// Generation UUIDs (see `uuids`); a leaf lock, taken from completions too.
+    #[pin]
+    pub(crate) uuids: IrqSpinLock<crate::uuids::Gen>,
 }
 
 /// Everything the registry keeps for a device. Dropping it tears the device down in order:
@@ -235,6 +238,7 @@ impl Device {
             }
         }
         let with_md = md.is_some();
+        let gen = md.as_ref().map_or(crate::uuids::Gen::NONE, |m| m.gen());
         let outq = crate::outage::OutageQueue::new(crate::outage::DEFAULT_MAX_BYTES)?;
         // Connecting from the start, as DRBD's `up`.
         let _ = sm.on_connect(0);
@@ -266,6 +270,7 @@ impl Device {
                 resync_cv <- new_condvar!(),
                 resync_rate: AtomicU32::new(0),
                 md <- new_mutex!(md),
+                uuids <- IrqSpinLock::new(gen, c"rmirror_uuids", kernel::static_lock_class!()),
                 cfg,
             }? Error),
             GFP_KERNEL,
@@ -375,11 +380,14 @@ impl Device {
     /// block layer); the next connection brings new ones.
     pub(crate) fn connection_lost(&self, generation: u64, why: &str) {
         let now = self.now_ms();
-        let (queued, sent, link, meta, state, kept) = {
+        let (queued, sent, link, meta, state, kept, was_replicating) = {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() {
                 return;
             }
+            // Writes that will now finish without the peer start a new generation, on disk
+            // before they complete (later writes start it lazily, as DRBD's NEW_CUR_UUID).
+            let was_replicating = !c.send_queue.is_empty() || !c.inflight.is_empty();
             // A no-op when the state machine itself declared the loss (heartbeat timeout).
             let _ = c.sm.on_error(now);
             // A replay in flight is sent again on the next connection.
@@ -397,7 +405,7 @@ impl Device {
                     }
                 }
             }
-            (queued, sent, c.link.take(), c.meta.take(), c.sm.state(), kept)
+            (queued, sent, c.link.take(), c.meta.take(), c.sm.state(), kept, was_replicating)
         };
         for l in [link, meta].into_iter().flatten() {
             l.shutdown();
@@ -405,6 +413,11 @@ impl Device {
         self.link_changed.notify_all();
         pr_warn!("{}: connection lost: {} (now {}{})\n", &*self.cfg.name, why, state.as_str(),
             if kept > 0 { ", writes in flight queued" } else { "" });
+        if was_replicating {
+            // A new generation, on disk before the writes in flight complete without the peer.
+            self.writing_without_peer();
+            let _ = self.md_writeback(false);
+        }
         for r in Iterator::chain(queued.into_iter(), sent) {
             r.net_done(false);
         }
@@ -441,6 +454,8 @@ impl Drop for Entry {
         // Finishes whatever the threads left queued (a no-op without a live link).
         let generation = dev.conn.lock().generation;
         dev.connection_lost(generation, "device removed");
+        // Queued writes will never be replayed: the bitmap keeps them.
+        dev.give_up_outage_queue("the device is removed");
         // Every write's clone freed: its request (and its device reference) is gone, so the
         // device is not freed in a completion, and no bio of ours is left anywhere.
         dev.bioset.drain();

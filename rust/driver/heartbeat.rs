@@ -193,6 +193,11 @@ fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) ->
                 dev.traffic(generation);
                 dev.resync_acked(generation, sector, sectors)
             }
+            Ok(Message::InSync { current }) if primary => {
+                dev.traffic(generation);
+                dev.peer_in_sync(generation, current);
+                Ok(())
+            }
             Ok(Message::Disconnect { .. }) => Err("the peer disconnected"),
             Ok(_) => Err("unexpected message on the meta socket"),
             Err(RecvError::Protocol(e)) => Err(e.as_str()),

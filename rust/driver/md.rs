@@ -104,6 +104,25 @@ impl Md {
         Ok(Some(Md { ext, sb, buf, failing: AtomicBool::new(false) }))
     }
 
+    /// The generations the superblock records.
+    pub(crate) fn gen(&self) -> crate::uuids::Gen {
+        let u = &self.sb.uuids;
+        crate::uuids::Gen {
+            ours: Some(crate::rcore::state::resync::Uuids {
+                current: u.current,
+                bitmap: u.bitmap,
+                history: u.history,
+                flags: 0,
+            }),
+            peer: None,
+            peer_in_sync: None,
+            written_apart: u.bitmap != 0,
+            shared: None,
+            consistent: self.sb.has(meta::MDF_CONSISTENT),
+            dirty: false,
+        }
+    }
+
     /// The device holding the metadata.
     fn dev<'a>(&'a self, backing: &'a BackingDev) -> &'a BackingDev {
         self.ext.as_ref().unwrap_or(backing)
@@ -130,6 +149,21 @@ impl Device {
     pub(crate) fn md_writeback(&self, superblock: bool) -> Result {
         let mut guard = self.md.lock();
         let Some(md) = (*guard).as_mut() else { return Ok(()) };
+        // Generations or flags changed since the last write: the superblock goes too.
+        let changed = {
+            let mut g = self.uuids.lock();
+            let changed = core::mem::replace(&mut g.dirty, false);
+            if let Some(u) = g.ours {
+                md.sb.uuids = meta::Uuids { current: u.current, bitmap: u.bitmap, history: u.history };
+            }
+            if g.consistent {
+                md.sb.flags |= meta::MDF_CONSISTENT;
+            } else {
+                md.sb.flags &= !meta::MDF_CONSISTENT;
+            }
+            changed
+        };
+        let superblock = superblock || changed;
         let mut from = 0;
         let mut res = Ok(());
         let mut wrote = false;
@@ -138,7 +172,8 @@ impl Device {
                 let mut bm = self.bitmap.lock();
                 let Some(page) = bm.next_dirty_page(from) else { break };
                 let Ok(block) = <&mut [u8; SUPERBLOCK_SIZE]>::try_from(md.buf.as_mut_slice()) else {
-                    return Err(EINVAL);
+                    res = Err(EINVAL);
+                    break;
                 };
                 // Clears the page's dirty mark: a change after this marks it again.
                 let _ = bm.encode_page(page, block);
@@ -154,12 +189,19 @@ impl Device {
             wrote = true;
         }
         if res.is_ok() && superblock {
-            let block = <&mut [u8; SUPERBLOCK_SIZE]>::try_from(md.buf.as_mut_slice()).map_err(|_| EINVAL)?;
-            md.sb.encode(block).map_err(|_| EINVAL)?;
-            res = md.dev(&self.backing).write_sync(md.sb.layout.sb_offset, &md.buf, 0..SUPERBLOCK_SIZE, true, true);
+            res = match <&mut [u8; SUPERBLOCK_SIZE]>::try_from(md.buf.as_mut_slice()) {
+                Ok(block) => md.sb.encode(block).map_err(|_| EINVAL),
+                Err(_) => Err(EINVAL),
+            };
+            if res.is_ok() {
+                res = md.dev(&self.backing).write_sync(md.sb.layout.sb_offset, &md.buf, 0..SUPERBLOCK_SIZE, true, true);
+            }
         } else if res.is_ok() && wrote {
             // The pages reach stable storage before anything that relies on them.
             res = md.dev(&self.backing).flush();
+        }
+        if res.is_err() && changed {
+            self.uuids.lock().dirty = true;
         }
         match &res {
             Err(e) if !md.failing.swap(true, Relaxed) => {
@@ -181,8 +223,10 @@ impl Device {
 
 /// Body of the `rmirror<N>_md` thread: bitmap writeback every [`WRITEBACK_MS`].
 pub(crate) fn run(dev: &Arc<Device>) {
-    if dev.bitmap.lock().dirty_page_count() > 0 {
-        let _ = dev.md_writeback(false);
+    while !dev.stopping() {
+        if dev.bitmap.lock().dirty_page_count() > 0 || dev.uuids.lock().dirty {
+            let _ = dev.md_writeback(false);
+        }
+        crate::bindings::thread::sleep_ms(WRITEBACK_MS);
     }
-    crate::bindings::thread::sleep_ms(WRITEBACK_MS);
 }

@@ -244,6 +244,9 @@ impl Device {
     /// Queues `req` in the outage queue with a copy of its data (the connection locked). False
     /// if it went to the bitmap instead (the queue overflowed, or no memory for the copy).
     pub(crate) fn push_outage(&self, c: &mut Conn, req: &CloneRef<Request>) -> bool {
+        // Written without the peer, queued or not: a new data generation (split brain is
+        // detectable even if this side's writes of the outage all stay queued).
+        self.writing_without_peer();
         let mark = |sector: u64, len: u32| self.mark_out_of_sync(sector, len);
         let data = if req.len == 0 {
             None

@@ -81,20 +81,33 @@ fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u
                     Message::BarrierAck { nr, writes }
                 }
             }
+            Ok(Message::Uuids(u)) => {
+                dev.peer_uuids(generation, &u);
+                continue;
+            }
             Ok(Message::Bitmap { offset, bits, last, rle }) => {
                 // The primary's bitmap replaces ours (its bits clear only on our acks, so it is
                 // a superset of what we still miss); ours is kept until then.
                 if dev.bitmap.lock().rle_decode(offset, bits, rle, RleApply::Copy).is_err() {
                     return "bitmap chunk does not fit the device";
                 }
-                if last {
-                    dev.resync.lock().announced = generation;
-                    let left = dev.out_of_sync_sectors();
-                    if left > 0 {
-                        pr_info!("{}: sync target: {} KiB to receive\n", &*dev.cfg.name, left / 2);
-                    }
+                if !last {
+                    continue;
                 }
-                continue;
+                dev.resync.lock().announced = generation;
+                let left = dev.out_of_sync_sectors();
+                if left > 0 {
+                    // On disk before any resync data is written.
+                    if dev.target_inconsistent().is_err() {
+                        return "cannot write the metadata";
+                    }
+                    pr_info!("{}: sync target: {} KiB to receive\n", &*dev.cfg.name, left / 2);
+                    continue;
+                }
+                match dev.target_in_sync(generation) {
+                    Some(current) => Message::InSync { current },
+                    None => continue,
+                }
             }
             Ok(Message::ResyncReply { sector, sectors, .. }) => {
                 if announced.is_some() {
@@ -106,8 +119,17 @@ fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u
                         sector, e.to_errno());
                     return "a resync write failed";
                 }
-                dev.resync_written(sector, sectors);
-                Message::ResyncAck { sector, sectors }
+                let done = dev.resync_written(sector, sectors);
+                if send_msg(meta, &Message::ResyncAck { sector, sectors }, &stop).is_err() {
+                    return "cannot send an ack";
+                }
+                if !done {
+                    continue;
+                }
+                match dev.target_in_sync(generation) {
+                    Some(current) => Message::InSync { current },
+                    None => continue,
+                }
             }
             Ok(Message::Disconnect { .. }) => return "the peer disconnected",
             Ok(_) => return "unexpected message on the data socket",

@@ -93,7 +93,7 @@ pub(crate) fn disk_state(dev: &Device) -> &'static str {
         let c = dev.conn.lock();
         c.meta.is_some() && dev.resync.lock().announced == c.generation
     };
-    match (dev.bitmap.lock().weight() > 0, told) {
+    match (dev.bitmap.lock().weight() > 0 || dev.inconsistent(), told) {
         (true, _) => "inconsistent",
         (false, true) => "up_to_date",
         (false, false) => "consistent",
@@ -121,15 +121,17 @@ impl Device {
     pub(crate) fn mark_out_of_sync(&self, sector: u64, len: u32) {
         if len > 0 {
             let _ = self.bitmap.lock().set_range(sector, u64::from(len.div_ceil(512)));
+            self.writing_without_peer();
         }
     }
 
-    /// Secondary: resync data for `sector..+sectors` is on disk.
-    pub(crate) fn resync_written(&self, sector: u64, sectors: u32) {
+    /// Secondary: resync data for `sector..+sectors` is on disk. Returns whether that emptied
+    /// the bitmap.
+    pub(crate) fn resync_written(&self, sector: u64, sectors: u32) -> bool {
         let left = {
             let mut bm = self.bitmap.lock();
             if bm.weight() == 0 {
-                return;
+                return false;
             }
             let _ = bm.clear_range(sector, u64::from(sectors));
             bm.weight()
@@ -138,6 +140,7 @@ impl Device {
         if left == 0 {
             pr_info!("{}: resync finished: up to date\n", &*self.cfg.name);
         }
+        left == 0
     }
 
     /// Sectors marked out of sync.
@@ -253,6 +256,13 @@ pub(crate) fn run(dev: &Arc<Device>) {
         if dev.resync.lock().announced != generation {
             cursor = 0;
             let left = dev.out_of_sync_sectors();
+            // Our generations first: they may have changed since the handshake.
+            if dev.has_uuids() {
+                let stop = || !dev.is_current(generation);
+                if send_msg(&*link, &Message::Uuids(dev.share_uuids()), &stop).is_err() {
+                    continue;
+                }
+            }
             if dev.send_bitmap(&*link, generation, &mut rle).is_err() {
                 continue; // the connection is going away
             }
@@ -308,6 +318,7 @@ pub(crate) fn run(dev: &Arc<Device>) {
         dev.wait_acks(generation);
         dev.retire(Some(generation));
         if dev.out_of_sync_sectors() == 0 && dev.resync.lock().pending.is_empty() {
+            dev.source_check_finished(generation);
             let mut p = dev.resync.lock();
             if p.copied == 0 {
                 continue;

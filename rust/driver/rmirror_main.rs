@@ -11,6 +11,8 @@
 //! - [`heartbeat`]: the meta socket's thread on both sides: pings both ways, dead-peer
 //!   detection, probation, and the primary's acks;
 //! - [`resync`]: the fracture bitmap, and the resync that copies exactly its marked regions;
+//! - [`md`]: on-disk metadata: checked at create, the bitmap loaded and written back;
+//! - [`uuids`]: generation UUIDs: who may sync from whom, split brain, the initial sync;
 //! - [`sender`] / [`receiver`]: the data socket's threads (primary: send writes; secondary:
 //!   apply writes, acknowledge on the meta socket once durable);
 //! - [`transport`]: the message transport behind a small trait (TCP now, RDMA later);
@@ -43,6 +45,7 @@ mod request;
 mod sender;
 mod sysfs;
 mod transport;
+mod uuids;
 
 module! {
     type: Rmirror,

@@ -30,7 +30,7 @@ def write_notify(seq, length):
     return preamble(WRITE_NOTIFY, 0, struct.pack("<II", seq, length))
 
 
-BITMAP, RESYNC_REPLY, RESYNC_ACK = 0x0B, 0x0D, 0x10
+BITMAP, RESYNC_REPLY, RESYNC_ACK, UUIDS, IN_SYNC = 0x0B, 0x0D, 0x10, 0x11, 0x12
 REGIONS = S // 8  # bitmap bits of the device (4 KiB regions)
 
 
@@ -119,6 +119,10 @@ def frames_of(blob):
     ("unknown channel", lambda: handshake(S, channel=2), "invalid field value"),
     ("unknown volume", lambda: handshake(S) + small_write(1, TARGET, b"\x5a" * 4096, volume=5),
      "write for an unknown volume"),
+    ("uuids cut short", lambda: handshake(S) + preamble(UUIDS, 16, struct.pack("<Q", 6)) + bytes(16)
+     + small_write(1, TARGET, b"\x5a" * 4096), "length field invalid for command"),
+    ("in-sync on the data socket", lambda: handshake(S) + preamble(IN_SYNC, 0, struct.pack("<Q", 6))
+     + small_write(1, TARGET, b"\x5a" * 4096), "unexpected message on the data socket"),
 ])
 def test_hostile_frames_drop_the_connection_and_write_nothing(pair, case, frames, reason):
     b = pair.beta

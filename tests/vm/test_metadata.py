@@ -19,6 +19,8 @@ from helpers import (CHECK, CTL, IP, PEER, S, copy_file, create, cut, dmesg_duri
 pytestmark = pytest.mark.usefixtures("clean_pair")
 
 DISK_MIB = 256
+DAY0 = 6                      # core state::resync::DAY0, the --clear-bitmap generation
+SMALL = 32 * 2048             # a 32 MiB device where a full sync must run
 DATA = S                      # alpha's data device: the first 240 MiB of vdb
 META_SECTORS = 16 * 2048      # alpha's metadata device: the 16 MiB after it
 EXT = "/dev/mapper/rmdata"
@@ -105,8 +107,9 @@ def test_bitmap_survives_removal_and_resyncs_only_what_was_missed(pair):
     pair.each(load)
     same_start(pair)
     split_alpha(a)
-    a.ok(f"{CTL} create-md {EXT} --meta-dev {EXT_META}")
-    b.ok(f"{CTL} create-md /dev/vdb --force")
+    # Fresh zeroed disks, declared identical on both sides: no initial sync.
+    a.ok(f"{CTL} create-md {EXT} --meta-dev {EXT_META} --clear-bitmap")
+    b.ok(f"{CTL} create-md /dev/vdb --force --clear-bitmap")
     alpha_line = table(a, "primary", backing=EXT, opts=f"timeout=2000 ping_interval=500 probation=1000 "
                                                           f"meta={EXT_META}")
     create(b, "secondary", opts="timeout=2000 ping_interval=500 probation=1000 meta=internal")
@@ -144,6 +147,105 @@ def test_bitmap_survives_removal_and_resyncs_only_what_was_missed(pair):
     assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
     assert res["present"] > 0, res
     assert md5_dev(a, EXT, 64 << 20) == md5_dev(b, "/dev/vdb", 64 << 20)
+    a.ok("sleep 1")  # the md threads write the superblocks within 100 ms
+    ma, mb = dump_md(a, EXT, EXT_META), dump_md(b)
     pair.each(remove)
-    assert dump_md(a, EXT, EXT_META)["out_of_sync_sectors"] == 0
-    assert dump_md(b)["out_of_sync_sectors"] == 0
+    assert ma["out_of_sync_sectors"] == 0 and mb["out_of_sync_sectors"] == 0, (ma, mb)
+    # Both hold the generation alpha started when it wrote without beta; the resync ended it.
+    assert ma["current_uuid"] == mb["current_uuid"] != f"{DAY0:016X}", (ma, mb)
+    assert ma["bitmap_uuid"] == mb["bitmap_uuid"] == f"{0:016X}", (ma, mb)
+    assert "consistent" in mb["flags"], mb
+
+
+def test_initial_sync_is_never_assumed(pair):
+    """Fresh metadata on both sides: the primary refuses to replicate and goes standalone, saying what
+    to do, and beta's disk is untouched. Then alpha's metadata is written with --overwrite-data-of-peer:
+    a full sync copies alpha's data (written earlier) to beta, every acknowledged write lands there and
+    the devices are md5-equal; beta is consistent and both hold the same generation."""
+    a, b = pair.alpha, pair.beta
+    pair.each(load)
+    same_start(pair)
+    pair.each(lambda vm: vm.ok(f"{CTL} create-md /dev/vdb --force"))
+    create(b, "secondary", sectors=SMALL, opts="meta=internal")
+    before = md5_dev(b, "/dev/vdb", SMALL * 512)
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} create r0 --table "
+                                      f"{q(table(a, 'primary', sectors=SMALL, opts='meta=internal'))} && "
+                                      f"sleep 4")
+    assert rc == 0, out + err
+    assert "both sides have fresh metadata" in msgs and "standalone" in msgs, msgs
+    st = wait_cstate(a, "standalone", timeout=30)
+    attempts = st["connect_attempts"]
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/i1.log --size 8M --jobs 4 --count 200 --seed 11", timeout=300)
+    a.ok("sleep 3")
+    st = status(a)
+    assert st["cstate"] == "standalone" and st["connect_attempts"] == attempts, st
+    assert st["out_of_sync"] > 0, st
+    assert md5_dev(b, "/dev/vdb", SMALL * 512) == before, "beta's disk changed without a connection"
+    assert status(b)["disk"] == "inconsistent", status(b)
+    # The user says alpha's data counts.
+    remove(a)
+    a.ok(f"{CTL} create-md /dev/vdb --force --overwrite-data-of-peer")
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} create r0 --table "
+                                      f"{q(table(a, 'primary', sectors=SMALL, opts='meta=internal'))}")
+    assert rc == 0, out + err
+    st = wait_in_sync(a, timeout=300)
+    assert st["resynced"] == SMALL, st
+    msgs = a.ok("dmesg")
+    assert "full sync to the peer" in msgs and "sync-source-full (rule 30)" in msgs, msgs
+    copy_file(a, b, "/tmp/i1.log")
+    res = verify(b, "/dev/vdb", ["/tmp/i1.log"], 0, 8)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0 and res["present"] > 0, res
+    assert md5_dev(a, "/dev/vdb", SMALL * 512) == md5_dev(b, "/dev/vdb", SMALL * 512)
+    assert status(b)["disk"] == "up_to_date"
+    a.ok("sleep 1")
+    ma, mb = dump_md(a), dump_md(b)
+    pair.each(remove)
+    assert ma["current_uuid"] == mb["current_uuid"] and "consistent" in mb["flags"], (ma, mb)
+
+
+def test_split_brain_is_detected_and_nothing_is_overwritten(pair):
+    """Both sides write while apart: alpha as primary during a partition, beta after its device was
+    created again as a primary (a manual failover). When beta is a secondary again and the link heals,
+    both sides log split brain, alpha goes standalone, and each disk still holds its own writes."""
+    a, b = pair.alpha, pair.beta
+    pair.each(load)
+    same_start(pair)
+    pair.each(lambda vm: vm.ok(f"{CTL} create-md /dev/vdb --force --clear-bitmap"))
+    opts = "meta=internal timeout=2000 ping_interval=500 probation=1000"
+    create(b, "secondary", opts=opts)
+    create(a, "primary", opts=opts)
+    wait_cstate(b)
+    wait_cstate(a)
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/s1.log --size 8M --jobs 4 --count 100 --seed 21", timeout=300)
+    pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
+    wait_cstate(a, "outage", timeout=30)
+    # Alpha writes during the partition (kept in its outage queue: still a new generation).
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/s2.log --offset 8M --size 8M --jobs 4 --count 100 "
+         f"--seed 22", timeout=300)
+    # Beta is promoted by hand and written.
+    remove(b)
+    create(b, "primary", opts=opts)
+    b.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/s3.log --offset 16M --size 8M --jobs 4 --count 100 "
+         f"--seed 23", timeout=300)
+    remove(b)
+    md5_beta = md5_dev(b, "/dev/vdb", 24 << 20)
+    create(b, "secondary", opts=opts)
+    t0 = pair.each(lambda vm: vm.ok("echo rmirror-test: heal > /dev/kmsg && iptables -F"))
+    st = wait_cstate(a, "standalone", timeout=60)
+    msgs_a, msgs_b = a.ok("dmesg"), b.ok("dmesg")
+    assert "split-brain" in msgs_a and "split brain: both sides wrote while apart" in msgs_a, msgs_a
+    assert "split brain" in msgs_b, msgs_b
+    a.ok("sleep 3")
+    assert status(a)["connect_attempts"] == st["connect_attempts"], "standalone, yet still connecting"
+    # Nothing was overwritten: beta holds its own writes and none of alpha's partition writes.
+    remove(b)
+    assert md5_dev(b, "/dev/vdb", 24 << 20) == md5_beta, "beta's disk changed after the split brain"
+    res = verify(b, "/dev/vdb", ["/tmp/s3.log"], 16, 8)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["present"] > 0, res
+    for log in ("/tmp/s1.log", "/tmp/s2.log"):
+        copy_file(a, b, log)
+    res = verify(b, "/dev/vdb", ["/tmp/s2.log"], 8, 8)
+    assert res["present"] == 0, f"alpha's partition writes reached beta: {res}"
+    remove(a)
+    res = verify(a, "/dev/vdb", ["/tmp/s1.log", "/tmp/s2.log"], 0, 16)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["present"] > 0, res

@@ -90,6 +90,7 @@ const _: () = assert!((WriteFlags::ALL.0 as u64) <= SMALL_FLAGS_MASK);
 const _: () = assert!(PREAMBLE_LEN == 16 && PREAMBLE_LEN * 8 == 128);
 const _: () = assert!(Command::SmallWrite.header_len() == PREAMBLE_LEN);
 const _: () = assert!(Command::Handshake.header_len() == MAX_HEADER_LEN);
+const _: () = assert!(Command::Uuids.header_len() <= MAX_HEADER_LEN);
 const _: () = assert!(HANDSHAKE_MAX_LEN >= MAX_HEADER_LEN);
 const _: () = assert!((MAX_PAYLOAD as usize) + MAX_HEADER_LEN <= u32::MAX as usize);
 const _: () = assert!(MAX_PAYLOAD.is_multiple_of(SECTOR_SIZE));
@@ -291,6 +292,11 @@ pub enum Command {
     Disconnect = 0x0F,
     /// Resync data of a sector range is durable on the sync target (target -> source).
     ResyncAck = 0x10,
+    /// The sync source's generation UUIDs, sent right before its bitmap (source -> target).
+    Uuids = 0x11,
+    /// The sync target's bitmap is empty and it adopted the source's generation (target ->
+    /// source); the source may end its resync.
+    InSync = 0x12,
 }
 
 impl Command {
@@ -313,6 +319,8 @@ impl Command {
             0x0E => Command::ResyncNegative,
             0x0F => Command::Disconnect,
             0x10 => Command::ResyncAck,
+            0x11 => Command::Uuids,
+            0x12 => Command::InSync,
             _ => return None,
         })
     }
@@ -322,6 +330,7 @@ impl Command {
     pub const fn header_len(self) -> usize {
         match self {
             Command::Handshake => 64,
+            Command::Uuids => 40,
             Command::WriteData => 32,
             Command::Ping
             | Command::Pong
@@ -336,7 +345,8 @@ impl Command {
             | Command::Ack
             | Command::Barrier
             | Command::BarrierAck
-            | Command::Disconnect => 16,
+            | Command::Disconnect
+            | Command::InSync => 16,
         }
     }
 
@@ -376,6 +386,8 @@ impl Command {
             Command::ResyncNegative => "resync-negative",
             Command::Disconnect => "disconnect",
             Command::ResyncAck => "resync-ack",
+            Command::Uuids => "uuids",
+            Command::InSync => "in-sync",
         }
     }
 }
@@ -758,6 +770,15 @@ pub enum Message<'a> {
         /// Reason code ([`reason`] constants; others allowed).
         reason: u32,
     },
+    /// The sync source's generation UUIDs, sent on the data socket right before its bitmap on
+    /// every connection (they may have changed since the handshake). Any values are valid.
+    Uuids(Uuids),
+    /// The sync target's bitmap is empty and it adopted generation `current`; the source may
+    /// end its resync (sent on the meta socket).
+    InSync {
+        /// The generation the target adopted (the source's current UUID).
+        current: u64,
+    },
 }
 
 /// Whether a write of `len_bytes` goes as one [`Message::SmallWrite`] (the small-write
@@ -937,6 +958,8 @@ impl<'a> Message<'a> {
             Message::ResyncNegative { .. } => Command::ResyncNegative,
             Message::ResyncAck { .. } => Command::ResyncAck,
             Message::Disconnect { .. } => Command::Disconnect,
+            Message::Uuids(_) => Command::Uuids,
+            Message::InSync { .. } => Command::InSync,
         }
     }
 
@@ -999,7 +1022,9 @@ impl<'a> Message<'a> {
             | Message::BarrierAck { .. }
             | Message::Ping(_)
             | Message::Pong(_)
-            | Message::Disconnect { .. } => Ok(()),
+            | Message::Disconnect { .. }
+            | Message::Uuids(_)
+            | Message::InSync { .. } => Ok(()),
             Message::OutOfSync { sector, sectors }
             | Message::ResyncNegative { sector, sectors }
             | Message::ResyncAck { sector, sectors } => check_range(*sector, *sectors, lim),
@@ -1126,6 +1151,15 @@ impl<'a> Message<'a> {
             }
             Message::Disconnect { reason } => {
                 put_u32(&mut h, A, reason); // 8: u32 reason, 12..16 reserved
+            }
+            Message::Uuids(u) => {
+                put_u64(&mut h, A, u.current); //          8: u64 current uuid
+                put_u64(&mut h, E, u.bitmap); //          16: u64 bitmap uuid
+                put_u64(&mut h, E + 8, u.history[0]); //  24: u64 history[0]
+                put_u64(&mut h, E + 16, u.history[1]); // 32: u64 history[1]
+            }
+            Message::InSync { current } => {
+                put_u64(&mut h, A, current); // 8: u64 current uuid adopted
             }
         }
         (h, hl)
@@ -1442,6 +1476,14 @@ pub fn decode_parts<'a>(
                 reason: get_u32(h, A)?,
             }
         }
+        Command::Uuids => Message::Uuids(Uuids {
+            current: get_u64(h, A)?,
+            bitmap: get_u64(h, E)?,
+            history: [get_u64(h, E + 8)?, get_u64(h, E + 16)?],
+        }),
+        Command::InSync => Message::InSync {
+            current: get_u64(h, A)?,
+        },
     };
     msg.validate(lim)?;
     Ok(msg)

@@ -18,6 +18,8 @@ use wire_samples::encode;
 const_assert_eq!(wire::PREAMBLE_LEN, 16);
 const_assert_eq!(Command::SmallWrite.header_len(), 16);
 const_assert_eq!(wire::SMALL_WRITE_MAX, 64 * 1024);
+const_assert_eq!(Command::Uuids.header_len(), 40);
+const_assert_eq!(Command::InSync.header_len(), 16);
 
 /// Limits under which every generated message is valid.
 const ALL: Limits = Limits {
@@ -52,6 +54,8 @@ enum Shape {
     ResyncNegative { sector: u64, sectors: u32 },
     ResyncAck { sector: u64, sectors: u32 },
     Disconnect { reason: u32 },
+    Uuids(Uuids),
+    InSync { current: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +95,8 @@ impl Case {
             }
             Shape::ResyncAck { sector, sectors } => Message::ResyncAck { sector, sectors },
             Shape::Disconnect { reason } => Message::Disconnect { reason },
+            Shape::Uuids(u) => Message::Uuids(u),
+            Shape::InSync { current } => Message::InSync { current },
         }
     }
 }
@@ -259,6 +265,12 @@ fn arb_case() -> impl Strategy<Value = Case> {
             .prop_map(move |(sector, sectors)| nop(Shape::ResyncNegative { sector, sectors })),
         arb_range(u32::MAX).prop_map(move |(sector, sectors)| nop(Shape::ResyncAck { sector, sectors })),
         any::<u32>().prop_map(move |reason| nop(Shape::Disconnect { reason })),
+        any::<[u64; 4]>().prop_map(move |u| nop(Shape::Uuids(Uuids {
+            current: u[0],
+            bitmap: u[1],
+            history: [u[2], u[3]],
+        }))),
+        any::<u64>().prop_map(move |current| nop(Shape::InSync { current })),
     ]
 }
 
@@ -310,7 +322,7 @@ proptest! {
     #[test]
     fn random_bodies_never_panic(
         sel in any::<u8>(),
-        cmd in 0u8..=16,
+        cmd in 0u8..=0x13,
         rest in prop::collection::vec(any::<u8>(), 0..300),
     ) {
         let mut data = vec![sel, 0x52, 0x4d, cmd, wire::VERSION];
@@ -483,6 +495,74 @@ fn golden_bytes() {
         ping,
         [0x52, 0x4d, 8, 1, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
     );
+
+    let uuids = encode(&Message::Uuids(wire_samples::handshake().uuids));
+    assert_eq!(uuids.len(), 40);
+    assert_eq!(&uuids[..8], &[0x52, 0x4d, 0x11, 0x01, 24, 0, 0, 0]); // length 32 - 8
+    assert_eq!(&uuids[8..16], &0x1111u64.to_le_bytes()); // current
+    assert_eq!(&uuids[16..24], &0x2222u64.to_le_bytes()); // bitmap
+    assert_eq!(&uuids[24..32], &0x3333u64.to_le_bytes()); // history0
+    assert_eq!(&uuids[32..40], &0x4444u64.to_le_bytes()); // history1
+
+    let in_sync = encode(&Message::InSync {
+        current: 0x0102_0304_0506_0708,
+    });
+    assert_eq!(
+        in_sync,
+        [0x52, 0x4d, 0x12, 0x01, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+    );
+}
+
+/// Uuids and InSync carry generation UUIDs: fixed size, no payload, every value valid
+/// whatever the device limits, any other length refused from the preamble.
+#[test]
+fn uuids_and_in_sync() {
+    assert_eq!(Command::from_u8(0x11), Some(Command::Uuids));
+    assert_eq!(Command::from_u8(0x12), Some(Command::InSync));
+    assert_eq!(Command::from_u8(0x13), None);
+    assert_eq!(
+        (Command::Uuids.as_str(), Command::InSync.as_str()),
+        ("uuids", "in-sync")
+    );
+    assert!(!Command::Uuids.has_payload() && !Command::InSync.has_payload());
+    assert_eq!(
+        (Command::Uuids.version(), Command::InSync.version()),
+        (wire::VERSION, wire::VERSION)
+    );
+    let tiny = Limits {
+        dev_sectors: 1,
+        max_payload: 0,
+    };
+    for v in [0u64, 1, wire_samples::DEV_SECTORS, u64::MAX] {
+        let u = Message::Uuids(Uuids {
+            current: v,
+            bitmap: !v,
+            history: [v, u64::MAX],
+        });
+        let s = Message::InSync { current: v };
+        for m in [u, s] {
+            assert_eq!(m.command().header_len(), m.header_len());
+            assert!(m.payload().is_empty());
+            assert_eq!(decode(&encode(&m), &tiny), Ok(m), "{m:?}");
+        }
+    }
+    let lim = wire_samples::limits();
+    let u = encode(&Message::Uuids(Uuids::default()));
+    let s = encode(&Message::InSync { current: 7 });
+    for (frame, len) in [(&u, 24u32), (&s, 0)] {
+        for bad in [len + 8, len.wrapping_sub(8), len + 1] {
+            let v = patched(frame, 4, &bad.to_le_bytes());
+            assert_eq!(
+                frame_len(pre(&v), &lim),
+                Err(DecodeError::BadLength),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            decode(&patched(frame, 3, &[2]), &lim),
+            Err(DecodeError::BadVersion)
+        );
+    }
 }
 
 /// Overwrites bytes of `v` at `at` with `b`.

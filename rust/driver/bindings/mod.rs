@@ -62,3 +62,9 @@ pub(crate) fn capable_sys_admin() -> bool {
     // SAFETY: `capable` has no preconditions; it only inspects the current task's credentials.
     unsafe { kernel::bindings::capable(kernel::bindings::CAP_SYS_ADMIN as i32) }
 }
+
+/// A random `u64` from the kernel's CRNG (`get_random_u64`), callable in any context.
+pub(crate) fn random_u64() -> u64 {
+    // SAFETY: `get_random_u64` has no preconditions; it may be called from any context.
+    unsafe { kernel::bindings::get_random_u64() }
+}

@@ -321,6 +321,8 @@ mod tests {
             region_size: 4096,
             al_slots: 8,
             force: false,
+            clear_bitmap: false,
+            overwrite_data_of_peer: false,
         })
         .unwrap();
         let data = rmirror_core::meta::Layout::internal(16384, 12, 8)

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use rmirror_core::meta::{self, Kind, Layout, Superblock, BLOCK_SECTORS, SUPERBLOCK_SIZE};
 use rmirror_core::table::{Meta, SECTOR_SHIFT};
+use rmirror_core::state::resync;
 use rmirror_core::{al, bitmap};
 use serde_json::{Map, Value};
 
@@ -53,6 +54,16 @@ pub struct CreateMdArgs {
     /// Overwrite rmirror metadata that is already there (its bitmap is lost)
     #[arg(long)]
     pub force: bool,
+
+    /// Declare this disk identical to its peer's (fresh, e.g. both zeroed): give the same flag
+    /// on both nodes and they replicate without an initial sync
+    #[arg(long, conflicts_with = "overwrite_data_of_peer")]
+    pub clear_bitmap: bool,
+
+    /// This node's data is the data: at the first connection the peer (with fresh metadata)
+    /// receives a full copy of it
+    #[arg(long)]
+    pub overwrite_data_of_peer: bool,
 }
 
 /// Arguments of `dump-md`.
@@ -471,8 +482,23 @@ fn create(args: &CreateMdArgs) -> Result<String, Failure> {
                 }
             })?,
     };
-    let sb = Superblock::new(layout, random_uuid()?, args.node_id)
+    let mut sb = Superblock::new(layout, random_uuid()?, args.node_id)
         .map_err(|e| md_failure(e).context(md.path.clone()))?;
+    // The initial sync is never assumed: fresh metadata on both sides does not replicate.
+    let generation = if args.clear_bitmap {
+        sb.uuids.current = resync::DAY0;
+        sb.flags |= meta::MDF_CONSISTENT;
+        "identical to the peer (--clear-bitmap): no initial sync if the peer says so too"
+    } else if args.overwrite_data_of_peer {
+        let mut u = resync::Uuids::just_created();
+        u.new_current(random_uuid()? | 2);
+        sb.uuids = meta::Uuids { current: u.current, bitmap: u.bitmap, history: u.history };
+        sb.flags |= meta::MDF_CONSISTENT;
+        "this node's data counts (--overwrite-data-of-peer): full sync to a fresh peer"
+    } else {
+        "fresh: no replication until one side is created with --overwrite-data-of-peer or both \
+         with --clear-bitmap"
+    };
 
     // Never overwrite metadata by accident, damaged metadata included.
     let old = md.read_block(layout.sb_offset)?;
@@ -518,6 +544,7 @@ fn create(args: &CreateMdArgs) -> Result<String, Failure> {
         "created {} metadata on {} (version {}, node id {}, device uuid {})\n\
          data: {} sectors ({}), {data_bytes} bytes\n\
          metadata: sectors {md_start}..{} of {}: bitmap {} sectors, activity log {} slots, superblock at {}\n\
+         generation: {generation}\n\
          table: 0 {} rmirror {} ROLE LOCAL PEER C meta={meta_opt}\n",
         kind_name(layout.kind),
         md.path,
@@ -681,7 +708,38 @@ mod tests {
             region_size: 4096,
             al_slots: al::DEFAULT_RING_SLOTS,
             force: false,
+            clear_bitmap: false,
+            overwrite_data_of_peer: false,
         }
+    }
+
+    #[test]
+    fn initial_sync_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = file(&dir, "disk", 8 * MIB);
+        let mut args = create_args(&disk, None);
+        let text = create_md(&args).unwrap();
+        assert!(text.contains("generation: fresh"), "{text}");
+        args.force = true;
+        args.clear_bitmap = true;
+        let text = create_md(&args).unwrap();
+        assert!(text.contains("--clear-bitmap"), "{text}");
+        let v = dump_json(&disk, None);
+        assert_eq!(v["current_uuid"], format!("{:016X}", resync::DAY0));
+        assert!(v["flags"].as_array().unwrap().contains(&"consistent".into()), "{v}");
+        args.clear_bitmap = false;
+        args.overwrite_data_of_peer = true;
+        create_md(&args).unwrap();
+        let v = dump_json(&disk, None);
+        let current = u64::from_str_radix(v["current_uuid"].as_str().unwrap(), 16).unwrap();
+        assert!(current != meta::UUID_JUST_CREATED && current != resync::DAY0 && current & 1 == 0);
+        assert_eq!(v["bitmap_uuid"], "0000000000000004");
+        // A fresh peer is a full-sync target of this side.
+        let ours = resync::Uuids { current, bitmap: 4, history: [0; 2], flags: 0 };
+        assert_eq!(
+            resync::compare(&ours, &resync::Uuids::just_created(), true).decision,
+            resync::Decision::SyncSource { full: true }
+        );
     }
 
     fn dump_args(backing: &Path, meta_dev: Option<&Path>, output: Format) -> DumpMdArgs {

@@ -31,6 +31,10 @@ pub struct Uuids {
 
 /// `current` of freshly created metadata (DRBD's `UUID_JUST_CREATED`).
 pub const JUST_CREATED: u64 = 4;
+/// `current` of metadata the user declared identical on both sides (`rmirrorctl create-md
+/// --clear-bitmap` on both, for fresh disks that need no initial sync): a data generation both
+/// replicas start from, like DRBD's `new-current-uuid --clear-bitmap` on a just-created pair.
+pub const DAY0: u64 = 6;
 /// This replica was primary when it went down uncleanly (its AL extents are dirty).
 pub const FLAG_CRASHED_PRIMARY: u32 = 1 << 0;
 /// This replica is primary now.
@@ -84,6 +88,14 @@ impl Uuids {
             self.push_history(old);
         }
     }
+}
+
+/// Both replicas hold fresh metadata and nobody said which data counts: the pair must not
+/// replicate until the user runs `create-md --overwrite-data-of-peer` on the side whose data
+/// is kept (a full sync to the other) or `create-md --clear-bitmap` on both (the disks are
+/// identical). [`compare`] would answer rule 10 (no sync), which would assume it silently.
+pub fn undecided(local: &Uuids, peer: &Uuids) -> bool {
+    local.current & MASK == JUST_CREATED && peer.current & MASK == JUST_CREATED
 }
 
 /// Outcome of [`compare`].
@@ -449,6 +461,31 @@ mod tests {
             SyncTarget { full } => SyncSource { full },
             x => x,
         }
+    }
+
+    #[test]
+    fn initial_sync_is_never_assumed() {
+        let fresh = Uuids::just_created();
+        assert!(undecided(&fresh, &fresh));
+        // --clear-bitmap on both: same generation, nothing to copy.
+        let day0 = u(DAY0, 0, 0, 0);
+        assert!(!undecided(&day0, &day0));
+        assert_eq!(compare(&day0, &day0, true).decision, NoSync);
+        // --overwrite-data-of-peer on one side: a full sync from it.
+        let mut src = fresh;
+        src.new_current(0x1234_5678_9abc_def0);
+        assert!(!undecided(&src, &fresh));
+        assert_eq!(both(&src, &fresh).0.decision, SyncSource { full: true });
+        assert_eq!(both(&src, &fresh).1.decision, SyncTarget { full: true });
+        // One side cleared and then written without its peer, the other fresh: full sync.
+        let mut w = day0;
+        w.new_current(0x42);
+        assert_eq!(compare(&w, &day0, true).decision, SyncSource { full: false });
+        assert_eq!(compare(&w, &fresh, true).decision, SyncSource { full: true });
+        // Both written apart from DAY0: split brain.
+        let mut x = day0;
+        x.new_current(0x1000);
+        assert_eq!(compare(&w, &x, true).decision, SplitBrain);
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub fn frames() -> Vec<Vec<u8>> {
             sector: 200,
             sectors: 16,
         },
+        Message::Uuids(handshake().uuids),
+        Message::InSync { current: 0x1111 },
     ];
     msgs.iter().map(encode).collect()
 }
