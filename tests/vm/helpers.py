@@ -263,12 +263,12 @@ def preamble(cmd, length, args):
     return struct.pack("<HBBI", MAGIC, cmd, VERSION, length) + args
 
 
-def handshake(sectors, role=1, channel=0):
+def handshake(sectors, role=1, channel=0, uuids=(0, 0, 0, 0)):
     """64 bytes: versions 1..1, node 0, `role` (1 primary), features SMALL_WRITE, 4 KiB regions,
-    `channel` 0 (data socket) or 1 (meta socket)."""
+    `channel` 0 (data socket) or 1 (meta socket), generation `uuids` (zero: no metadata, meta=core)."""
     args = struct.pack("<BBBBI", 1, 1, 0, role, 1)
     return (preamble(HANDSHAKE, 48, args) + struct.pack("<QIB3x", sectors, 4096, channel)
-            + struct.pack("<4Q", 7, 0, 0, 0))
+            + struct.pack("<4Q", *uuids))
 
 
 # ---- fault scenarios: load, checker, sync ----------------------------------------------------------------

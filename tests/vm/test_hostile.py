@@ -119,6 +119,8 @@ def frames_of(blob):
     ("unknown channel", lambda: handshake(S, channel=2), "invalid field value"),
     ("unknown volume", lambda: handshake(S) + small_write(1, TARGET, b"\x5a" * 4096, volume=5),
      "write for an unknown volume"),
+    ("generations from a peer with metadata", lambda: handshake(S, uuids=(7, 0, 0, 0)),
+     "the peer keeps metadata and we do not"),
     ("uuids cut short", lambda: handshake(S) + preamble(UUIDS, 16, struct.pack("<Q", 6)) + bytes(16)
      + small_write(1, TARGET, b"\x5a" * 4096), "length field invalid for command"),
     ("in-sync on the data socket", lambda: handshake(S) + preamble(IN_SYNC, 0, struct.pack("<Q", 6))
