@@ -84,7 +84,8 @@ def test_silent_peer_detected_on_both_sides_and_writes_resume(pair):
 def test_flapping_link_holds_replication_on_probation(pair):
     """Cut the link for 3 s every 5 s, four times: each cut is an outage, and no reconnection in between
     may pass probation (4 s), so replication resumes only after the link is stable; attempts to connect
-    are paced by connect_retry (no storm)."""
+    are paced by connect_retry (no storm); afterwards every write acknowledged during the flapping is on
+    beta (rmirror-check)."""
     a, b = pair.alpha, pair.beta
     timers = "ping_interval=500 timeout=1500 probation=4000 connect_retry=500"
     connect_pair(pair, opts=timers)
@@ -114,6 +115,14 @@ def test_flapping_link_holds_replication_on_probation(pair):
     # One attempt per connect_retry at most (plus the immediate retry after each loss).
     assert attempts <= elapsed / 0.5 + 8, f"{attempts} connect attempts in {elapsed:.1f}s"
     assert st["timeouts"] - before["timeouts"] >= 1, st
+    # Per block: every write the checker saw acknowledged through the flapping is on beta once the
+    # queue is replayed and the bitmap resynced.
+    wait_replayed(a)
+    copy_file(a, b, "/tmp/c.log")
+    res = verify(b, "/dev/vdb", ["/tmp/c.log"], 0, 16)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
+    assert res["present"] > 0, res
+    print(f"checker: {res}")
 
 
 def test_secondary_takes_a_new_connection_while_the_old_one_looks_alive(pair):
