@@ -551,6 +551,16 @@ class Pair:
             + f" (workdir {self.workdir})")
         return self
 
+    def wipe_disks(self):
+        """Make both backing disks read as zeros again, as after boot: the guests drop their cached blocks of
+        /dev/vdb (nothing may have it open) and the host punches the whole file out (it stays sparse)."""
+        self.each(lambda vm: vm.ok("sync; blockdev --flushbufs /dev/vdb && echo 3 > /proc/sys/vm/drop_caches"))
+        for vm in self.vms.values():
+            subprocess.run(["fallocate", "--punch-hole", "--offset", "0", "--length", str(self.disk_mib << 20),
+                            vm.disk], check=True)
+        self.each(lambda vm: vm.ok("echo 3 > /proc/sys/vm/drop_caches; "
+                                   "test \"$(dd if=/dev/vdb bs=1M count=1 2>/dev/null | tr -d '\\0' | wc -c)\" = 0"))
+
     def __enter__(self):
         try:
             return self.start()

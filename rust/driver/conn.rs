@@ -12,10 +12,16 @@
 //! Every step has a deadline: a connect gives up after a second, a handshake after the
 //! `timeout` tunable (the state machine's Handshake timeout, enforced by the heartbeat thread),
 //! and a complete connection is declared dead when the peer stays silent for `timeout`.
+//!
+//! A standalone device (`rmirrorctl disconnect`, or a handshake that retrying cannot fix: split
+//! brain, another protocol) neither connects nor accepts: the secondary still accepts the
+//! peer's sockets, so a primary retrying does not wait for a handshake, but closes them at
+//! once. `rmirrorctl connect` makes it try again (DRBD's `drbdsetup disconnect` / `connect`).
 
 use crate::bindings::net::Socket;
 use crate::bindings::thread::sleep_ms;
 use crate::device::{Addr, CState, Device, Queues, Role, MAX_IO_SECTORS};
+use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, feature, Channel, Handshake, Limits, Message};
 use crate::transport::{max_frame, recv_msg, send_msg, tcp::Tcp, RecvError, Transport};
 use core::sync::atomic::Ordering::Relaxed;
@@ -121,6 +127,18 @@ impl Device {
                 Role::Secondary => wire::Role::Secondary,
             },
             channel,
+            replication: self.cfg.protocol.as_u8(),
+        }
+    }
+
+    /// The peer's table must name our replication protocol (it decides which acks the
+    /// secondary sends); a handshake that does not say is read as protocol C.
+    fn check_protocol(&self, peer: &Handshake) -> core::result::Result<(), &'static str> {
+        let theirs = if peer.replication == 0 { Protocol::C.as_u8() } else { peer.replication };
+        if theirs == self.cfg.protocol.as_u8() {
+            Ok(())
+        } else {
+            Err("the peer's table names another replication protocol")
         }
     }
 
@@ -149,6 +167,10 @@ impl Device {
             Ok(Message::Handshake(h)) => Ok(h),
             Ok(_) => Err("expected a handshake"),
             Err(RecvError::Protocol(e)) => Err(e.as_str()),
+            // A standalone secondary closes the socket at once.
+            Err(RecvError::Io(e)) if e == crate::bindings::errno::econnreset() => {
+                Err("the peer closed the connection before its handshake (standalone?)")
+            }
             Err(RecvError::Io(_)) => Err("no handshake received in time"),
         }
     }
@@ -183,6 +205,12 @@ impl Device {
             return Err(fail("the peer answered on the wrong channel"));
         }
         let small = self.check_peer(&peer).map_err(fail)?;
+        if let Err(why) = self.check_protocol(&peer) {
+            pr_err!("{}: {} ({}, ours {}): fix one table\n", &*self.cfg.name, why,
+                Protocol::from_u8(peer.replication).map_or("C", |p| p.as_str()), self.cfg.protocol.as_str());
+            self.go_standalone();
+            return Err(fail(why));
+        }
         if let Err((why, standalone)) = self.check_uuids(&peer.uuids) {
             if standalone {
                 self.go_standalone();
@@ -211,12 +239,85 @@ impl Device {
         }
     }
 
-    /// Stops connecting until the device is created again (split brain, unrelated data, ...).
+    /// Stops connecting until the user says `rmirrorctl connect` (split brain, unrelated data,
+    /// ...).
     fn go_standalone(&self) {
         let now = self.now_ms();
         let _ = self.conn.lock().sm.on_disconnect(now);
-        pr_warn!("{}: standalone: not connecting again until the device is recreated\n", &*self.cfg.name);
+        pr_warn!("{}: standalone: not connecting again until rmirrorctl connect {}\n", &*self.cfg.name,
+            &*self.cfg.name);
         self.give_up_outage_queue("standalone");
+    }
+
+    /// Waits while the device is standalone (until `rmirrorctl connect` or teardown).
+    fn wait_standalone(&self) {
+        let mut c = self.conn.lock();
+        while !c.stopping && c.sm.state() == CState::Standalone {
+            let _ = self.link_changed.wait_interruptible_timeout(&mut c, kernel::time::msecs_to_jiffies(1000));
+        }
+    }
+
+    /// `rmirrorctl connect`: a standalone device connects (primary) or accepts (secondary)
+    /// again; the handshake's checks run again. `EALREADY` if it is not standalone.
+    pub(crate) fn user_connect(&self) -> Result {
+        let now = self.now_ms();
+        let r = {
+            let mut c = self.conn.lock();
+            if c.stopping {
+                return Err(ENXIO);
+            }
+            c.sm.on_connect(now).map_err(|_| c.sm.state())
+        };
+        match r {
+            Ok(_) => {
+                self.link_changed.notify_all();
+                let what = match self.cfg.role {
+                    Role::Primary => "connecting to",
+                    Role::Secondary => "accepting",
+                };
+                pr_info!("{}: connect: {} the peer {} again\n", &*self.cfg.name, what, Addr(self.cfg.peer));
+                Ok(())
+            }
+            Err(state) => {
+                pr_err!("{}: connect: not standalone ({}): already connecting or connected\n", &*self.cfg.name,
+                    state.as_str());
+                Err(crate::bindings::errno::ealready())
+            }
+        }
+    }
+
+    /// `rmirrorctl disconnect`: the device goes standalone. The connection, if any, is closed
+    /// (writes in flight complete without the peer), the outage queue goes to the fracture
+    /// bitmap, and the device stops connecting (primary) or accepting (secondary) until
+    /// [`Device::user_connect`]. A no-op on a standalone device.
+    pub(crate) fn user_disconnect(&self) -> Result {
+        let now = self.now_ms();
+        let current = {
+            let mut c = self.conn.lock();
+            if c.stopping {
+                return Err(ENXIO);
+            }
+            match c.sm.on_disconnect(now) {
+                // The link may be up even when the machine has declared it lost (a heartbeat
+                // timeout not carried out yet): close whatever is installed.
+                Ok(_) => Ok(c.link.is_some().then_some(c.generation)),
+                Err(_) => Err(()),
+            }
+        };
+        let Ok(current) = current else {
+            pr_info!("{}: disconnect: already standalone\n", &*self.cfg.name);
+            return Ok(());
+        };
+        self.link_changed.notify_all();
+        if let Some(generation) = current {
+            self.connection_lost(generation, "disconnected by the user");
+        }
+        // Writes kept for a replay would wait for a connection nobody asked for: the bitmap
+        // keeps them (the state machine's give_up_queue, done whatever it says: idempotent).
+        self.give_up_outage_queue("disconnected by the user");
+        pr_info!("{}: disconnected by the user: standalone (rmirrorctl connect {} to connect again)\n",
+            &*self.cfg.name, &*self.cfg.name);
+        Ok(())
     }
 
     /// The `connect_retry` tunable.
@@ -231,7 +332,7 @@ pub(crate) fn primary_connect(dev: &Arc<Device>) {
     let Some(mut buf) = frame_buffer(dev, 0) else { return };
     while !dev.stopping() {
         if dev.cstate() == CState::Standalone {
-            pause(dev, 1000);
+            dev.wait_standalone();
             continue;
         }
         match dev.connect_once(&mut buf) {
@@ -246,14 +347,20 @@ pub(crate) fn primary_connect(dev: &Arc<Device>) {
     }
 }
 
-/// Secondary listener thread: accepts the peer's sockets at any time and pairs them.
+/// Secondary listener thread: accepts the peer's sockets at any time and pairs them. While
+/// standalone it closes them at once (the first refusal of each standalone period is logged).
 pub(crate) fn secondary_accept(l: &Arc<Listener>) {
     let dev = &l.dev;
     let Some(mut buf) = frame_buffer(dev, 0) else { return };
+    let mut refusal_logged = false;
     while !dev.stopping() {
         let sock = match l.sock.accept() {
             Ok(Some(s)) => s,
-            Ok(None) => continue,
+            Ok(None) => {
+                // The next standalone period logs its first refusal again.
+                refusal_logged &= dev.cstate() == CState::Standalone;
+                continue;
+            }
             Err(_) => {
                 pause(dev, 100);
                 continue;
@@ -268,6 +375,16 @@ pub(crate) fn secondary_accept(l: &Arc<Listener>) {
             Err(_) => continue,
         }
         dev.stats.connect_attempts.fetch_add(1, Relaxed);
+        if dev.cstate() == CState::Standalone {
+            // Dropping the socket closes it: the primary sees the refusal at once.
+            if !refusal_logged {
+                pr_info!("{}: refused a connection from {}: standalone (rmirrorctl connect {} to accept)\n",
+                    &*dev.cfg.name, Addr(dev.cfg.peer), &*dev.cfg.name);
+                refusal_logged = true;
+            }
+            continue;
+        }
+        refusal_logged = false;
         let Ok(tcp) = Tcp::new(sock) else { continue };
         let link: Arc<dyn Transport> = tcp;
         if let Err(why) = accept_one(dev, link, &mut buf) {
@@ -292,10 +409,13 @@ fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8]) -> core::r
                 dev.connection_lost(g, "the peer connected again");
             }
             let queues = Queues::new().map_err(|_| "out of memory")?;
-            let generation = dev.attach(link.clone(), queues).ok_or("the device is stopping")?;
+            let generation = dev.attach(link.clone(), queues).ok_or("the device is stopping or standalone")?;
             // Our handshake goes out even when we refuse: the primary reaches the same verdict
             // from it and stops trying.
-            let verdict = dev.check_uuids(&peer.uuids);
+            let verdict = match dev.check_protocol(&peer) {
+                Err(why) => Err((why, true)),
+                Ok(()) => dev.check_uuids(&peer.uuids),
+            };
             if send_msg(&*link, &Message::Handshake(dev.our_handshake(Channel::Data)), &stop).is_err() {
                 dev.connection_lost(generation, "cannot send the handshake");
             }

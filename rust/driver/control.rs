@@ -156,6 +156,17 @@ impl Control {
                 let minor = e.dev.cfg.index;
                 abi::write_reply(buf, minor, &e.dev.cfg.table).map_err(|_| ENOSPC)
             }
+            (Cmd::Connect | Cmd::Disconnect, Some(name)) => {
+                // The device is used outside the registry lock (closing a connection completes
+                // writes and may write metadata); a removal meanwhile makes it ENXIO.
+                let dev = self.registry.lock().live(name.as_bytes())?.dev.clone();
+                if c == Cmd::Connect {
+                    dev.user_connect()?;
+                } else {
+                    dev.user_disconnect()?;
+                }
+                reply(buf, 0, &|_| Ok(()))
+            }
             (Cmd::List, _) => {
                 let reg = self.registry.lock();
                 reply(buf, 0, &|w| {
@@ -178,10 +189,6 @@ impl Control {
             pr_err!("{}: table: {}\n", name.as_str(), e.as_str());
             EINVAL
         })?;
-        if t.protocol != table::Protocol::C {
-            pr_err!("{}: table: protocol {} is not supported yet (only C)\n", name.as_str(), t.protocol.as_str());
-            return Err(EINVAL);
-        }
         let mut canon = KVec::from_elem(0u8, table::LINE_MAX, GFP_KERNEL)?;
         let n = t.write(&mut canon).map_err(|_| EINVAL)?;
         canon.truncate(n);
@@ -205,7 +212,11 @@ impl Control {
                 role: t.role,
                 local: addr(t.local),
                 peer: addr(t.peer),
-                protocol: Protocol::C,
+                protocol: match t.protocol {
+                    table::Protocol::A => Protocol::A,
+                    table::Protocol::B => Protocol::B,
+                    table::Protocol::C => Protocol::C,
+                },
                 backing_path: CString::try_from_fmt(fmt!("{}", t.backing))?,
                 sectors: t.len,
                 node_id: t.node_id,

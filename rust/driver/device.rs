@@ -8,6 +8,7 @@ use crate::bindings::sync::IrqSpinLock;
 use crate::bindings::{bdev::BackingDev, net::SockAddr, thread::Thread};
 use crate::rcore::table;
 use crate::rcore::state::conn;
+use crate::rcore::state::tlog::{self, TransferLog};
 use crate::request::{PeerPart, Request};
 use crate::transport::Transport;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -21,6 +22,18 @@ use kernel::time::{Instant, Monotonic};
 pub(crate) const MAX_INFLIGHT: usize = 128;
 /// Largest bio we accept, in sectors (128 KiB): also the largest payload on the wire.
 pub(crate) const MAX_IO_SECTORS: u32 = 256;
+/// Protocols A and B: most completed writes awaiting the barrier ack that makes them durable
+/// at the peer (the sender waits beyond), and most barriers awaiting their ack.
+pub(crate) const TLOG_WRITES: usize = 1024;
+pub(crate) const TLOG_BARRIERS: usize = 64;
+
+/// The transfer log of a connection (see `rcore::state::tlog`).
+pub(crate) type Tlog = TransferLog<KVec<tlog::Written>, KVec<tlog::Barrier>>;
+
+/// A transfer log without room, for when there is no connection.
+pub(crate) fn no_tlog() -> Tlog {
+    TransferLog::new(KVec::new(), KVec::new())
+}
 
 pub(crate) use crate::rcore::table::Role;
 
@@ -74,8 +87,12 @@ pub(crate) struct Conn {
     /// Writes waiting for the sender thread, in submission order. Each connection brings its
     /// own queues, with room for [`MAX_INFLIGHT`] writes (see [`Queues`]); empty otherwise.
     pub(crate) send_queue: KVec<CloneRef<Request>>,
-    /// Writes sent on this connection and awaiting the peer's ack.
+    /// Writes sent on this connection and awaiting the peer's ack (the ack the protocol
+    /// completes on; under protocol A, only until they are sent).
     pub(crate) inflight: KVec<CloneRef<Request>>,
+    /// Protocols A and B: writes completed but not durable at the peer yet, and the barriers
+    /// that will make them so; every barrier sent, under C too (acks must come in order).
+    pub(crate) tlog: Tlog,
     /// Both sides negotiated the small-write message.
     pub(crate) small_writes: bool,
     /// Set once at teardown: threads exit, nothing new is queued.
@@ -94,12 +111,20 @@ impl Conn {
     pub(crate) fn sending(&self) -> bool {
         self.replicating() && self.outq.is_empty()
     }
+
+    /// Whether the sender must wait for barrier acks before it sends another write: the
+    /// transfer log must have room for every write in flight too (under B they enter it at
+    /// their receive ack).
+    pub(crate) fn tlog_full(&self) -> bool {
+        self.tlog.must_wait() || self.tlog.len() + self.inflight.len() >= self.tlog.capacity()
+    }
 }
 
 /// The two queues of a new connection, allocated before it is installed.
 pub(crate) struct Queues {
     send: KVec<CloneRef<Request>>,
     inflight: KVec<CloneRef<Request>>,
+    tlog: Tlog,
 }
 
 impl Queues {
@@ -108,6 +133,10 @@ impl Queues {
         Ok(Queues {
             send: KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?,
             inflight: KVec::with_capacity(MAX_INFLIGHT, GFP_KERNEL)?,
+            tlog: TransferLog::new(
+                KVec::from_elem(tlog::Written::EMPTY, TLOG_WRITES + MAX_INFLIGHT, GFP_KERNEL)?,
+                KVec::from_elem(tlog::Barrier::EMPTY, TLOG_BARRIERS, GFP_KERNEL)?,
+            ),
         })
     }
 
@@ -115,6 +144,7 @@ impl Queues {
     pub(crate) fn install(self, c: &mut Conn) {
         c.send_queue = self.send;
         c.inflight = self.inflight;
+        c.tlog = self.tlog;
     }
 }
 
@@ -257,6 +287,7 @@ impl Device {
                     generation: 0,
                     send_queue: KVec::new(),
                     inflight: KVec::new(),
+                    tlog: no_tlog(),
                     small_writes: false,
                     stopping: false,
                     outq,
@@ -380,20 +411,21 @@ impl Device {
     /// block layer); the next connection brings new ones.
     pub(crate) fn connection_lost(&self, generation: u64, why: &str) {
         let now = self.now_ms();
-        let (queued, sent, link, meta, state, kept, was_replicating) = {
+        let (queued, sent, mut tlog, link, meta, state, kept, was_replicating) = {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() {
                 return;
             }
             // Writes that will now finish without the peer start a new generation, on disk
             // before they complete (later writes start it lazily, as DRBD's NEW_CUR_UUID).
-            let was_replicating = !c.send_queue.is_empty() || !c.inflight.is_empty();
+            let was_replicating = !c.send_queue.is_empty() || !c.inflight.is_empty() || !c.tlog.is_empty();
             // A no-op when the state machine itself declared the loss (heartbeat timeout).
             let _ = c.sm.on_error(now);
             // A replay in flight is sent again on the next connection.
             c.outq.rewind();
             let queued = core::mem::take(&mut c.send_queue);
             let sent = core::mem::take(&mut c.inflight);
+            let tlog = core::mem::replace(&mut c.tlog, no_tlog());
             // Writes sent or waiting to be, in their order, go to the outage queue if it takes
             // them now (an outage that began while replicating); else to the bitmap.
             let mut kept = 0;
@@ -405,7 +437,7 @@ impl Device {
                     }
                 }
             }
-            (queued, sent, c.link.take(), c.meta.take(), c.sm.state(), kept, was_replicating)
+            (queued, sent, tlog, c.link.take(), c.meta.take(), c.sm.state(), kept, was_replicating)
         };
         for l in [link, meta].into_iter().flatten() {
             l.shutdown();
@@ -413,6 +445,12 @@ impl Device {
         self.link_changed.notify_all();
         pr_warn!("{}: connection lost: {} (now {}{})\n", &*self.cfg.name, why, state.as_str(),
             if kept > 0 { ", writes in flight queued" } else { "" });
+        // Protocols A and B: writes completed before the peer made them durable.
+        let unsure = tlog.drain(|sector, len| self.mark_out_of_sync(sector, len));
+        if unsure > 0 {
+            pr_info!("{}: {} completed writes the peer had not made durable yet marked out of sync\n",
+                &*self.cfg.name, unsure);
+        }
         if was_replicating {
             // A new generation, on disk before the writes in flight complete without the peer.
             self.writing_without_peer();

@@ -14,14 +14,15 @@
 //! without a miss for `probation` before writes are replicated again (seed 002).
 
 use crate::conn::{io_reason, META_TICK_MS};
-use crate::device::{Device, Role};
+use crate::device::{Conn, Device, Role};
+use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{AckKind, Limits, Message, Ping};
 use crate::request::PeerPart;
 use crate::transport::{recv_msg, send_msg, RecvError, Transport};
 use core::cell::Cell;
 use core::sync::atomic::Ordering::Relaxed;
 use kernel::prelude::*;
-use kernel::sync::Arc;
+use kernel::sync::{Arc, MutexGuard};
 
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
@@ -121,37 +122,106 @@ impl Device {
         }
     }
 
-    /// The peer acknowledged write `seq`: finish its peer half (or release a replayed write).
-    fn ack(&self, generation: u64, seq: u32, ok: bool) -> core::result::Result<(), &'static str> {
+    /// The connection state locked, after a message from the peer on connection `generation`
+    /// (which counts as traffic); `Err` if that connection was replaced.
+    fn heard(&self, generation: u64) -> core::result::Result<MutexGuard<'_, Conn>, &'static str> {
         let now = self.now_ms();
-        let req = {
-            let mut c = self.conn.lock();
-            if c.generation != generation {
-                return Err("replaced by a new connection");
+        let mut c = self.conn.lock();
+        if c.generation != generation {
+            return Err("replaced by a new connection");
+        }
+        let _ = c.sm.on_traffic(now);
+        Ok(c)
+    }
+
+    /// The peer acknowledged write `seq` (`kind`): finish its peer half, or release a replayed
+    /// write. Under protocol B the receive ack completes a write (its range stays in the
+    /// transfer log until a barrier ack); a negative ack for a write already completed marks
+    /// its range.
+    fn ack(&self, generation: u64, seq: u32, kind: AckKind) -> core::result::Result<(), &'static str> {
+        let (req, ok) = {
+            let mut c = self.heard(generation)?;
+            let i = c.inflight.iter().position(|r| r.seq == seq);
+            if i.is_none() && kind == AckKind::Negative {
+                if let Some((sector, len)) = c.tlog.negative_ack(seq) {
+                    self.mark_out_of_sync(sector, len);
+                    return Ok(());
+                }
             }
-            let _ = c.sm.on_traffic(now);
-            match c.inflight.iter().position(|r| r.seq == seq) {
-                Some(i) => c.inflight.remove(i).map_err(|_| "ack for an unknown write")?,
-                None => {
+            match (i, kind) {
+                (Some(_), AckKind::Received) if self.cfg.protocol != Protocol::B => return Ok(()),
+                (Some(i), _) => {
+                    let req = c.inflight.remove(i).map_err(|_| "ack for an unknown write")?;
+                    if kind == AckKind::Received {
+                        self.unsure(&mut c, &req);
+                    }
+                    (req, kind != AckKind::Negative)
+                }
+                (None, AckKind::Received) => {
+                    // A replayed write, released by its barrier's ack.
+                    return if c.outq.is_sent(seq) { Ok(()) } else { Err("ack for an unknown write") };
+                }
+                (None, _) => {
+                    let ok = kind == AckKind::Durable;
                     if !c.outq.ack(seq, ok, |sector, len| self.mark_out_of_sync(sector, len)) {
                         return Err("ack for an unknown write");
                     }
-                    let (done, replayed) = (c.outq.is_empty(), c.outq.replayed);
                     drop(c);
-                    if ok {
-                        self.stats.acks.fetch_add(1, Relaxed);
-                    }
-                    self.work.notify_all();
-                    if done {
-                        self.link_changed.notify_all();
-                        pr_info!("{}: outage queue replayed ({} writes in total)\n", &*self.cfg.name, replayed);
-                    }
+                    self.replay_progress(ok, 1);
                     return Ok(());
                 }
             }
         };
         req.net_done(ok);
         Ok(())
+    }
+
+    /// The peer acked barrier `nr`: every write sent before it is durable there. Barrier acks
+    /// come in the order the barriers were sent; a flush request waiting for its ack completes.
+    fn barrier_ack(&self, generation: u64, nr: u32) -> core::result::Result<(), &'static str> {
+        let (req, released) = {
+            let mut c = self.heard(generation)?;
+            let b = c.tlog.barrier_acked(nr).map_err(|e| e.as_str())?;
+            let mut released = 0;
+            if let Some(upto) = b.queue_upto {
+                released += c.outq.ack_through(upto);
+            }
+            let req = match c.inflight.iter().position(|r| r.seq == nr) {
+                Some(i) => c.inflight.remove(i).ok(),
+                None => {
+                    if b.queue_upto.is_none() && c.outq.is_sent(nr) && c.outq.ack(nr, true, |_, _| {}) {
+                        released += 1;
+                    }
+                    None
+                }
+            };
+            (req, released)
+        };
+        // Room in the transfer log again.
+        self.work.notify_all();
+        if let Some(r) = req {
+            r.net_done(true);
+        }
+        if released > 0 {
+            self.replay_progress(true, released);
+        }
+        Ok(())
+    }
+
+    /// `n` replayed writes left the outage queue (`ok`: durable at the peer).
+    fn replay_progress(&self, ok: bool, n: usize) {
+        let (done, replayed) = {
+            let c = self.conn.lock();
+            (c.outq.is_empty(), c.outq.replayed)
+        };
+        if ok {
+            self.stats.acks.fetch_add(n as u64, Relaxed);
+        }
+        self.work.notify_all();
+        if done {
+            self.link_changed.notify_all();
+            pr_info!("{}: outage queue replayed ({} writes in total)\n", &*self.cfg.name, replayed);
+        }
     }
 }
 
@@ -183,12 +253,8 @@ fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) ->
                 });
                 Ok(())
             }
-            Ok(Message::Ack { seq, kind }) if primary => match kind {
-                AckKind::Durable => dev.ack(generation, seq, true),
-                AckKind::Negative => dev.ack(generation, seq, false),
-                AckKind::Received => Ok(()),
-            },
-            Ok(Message::BarrierAck { nr, .. }) if primary => dev.ack(generation, nr, true),
+            Ok(Message::Ack { seq, kind }) if primary => dev.ack(generation, seq, kind),
+            Ok(Message::BarrierAck { nr, .. }) if primary => dev.barrier_ack(generation, nr),
             Ok(Message::ResyncAck { sector, sectors }) if primary => {
                 dev.traffic(generation);
                 dev.resync_acked(generation, sector, sectors)

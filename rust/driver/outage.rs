@@ -223,6 +223,28 @@ impl OutageQueue {
         r.is_ok()
     }
 
+    /// Whether a replayed write with wire sequence number `wire_seq` is in flight.
+    pub(crate) fn is_sent(&self, wire_seq: u32) -> bool {
+        self.held.iter().flatten().any(|h| h.sent && h.wire_seq == wire_seq)
+    }
+
+    /// Queue sequence number of the newest entry sent (what a barrier sent now covers).
+    pub(crate) fn last_sent(&self) -> Option<u64> {
+        self.q.last_sent()
+    }
+
+    /// Protocols A and B: a barrier ack made every entry sent up to queue sequence number
+    /// `upto` durable at the peer. Returns how many entries left the queue.
+    pub(crate) fn ack_through(&mut self, upto: u64) -> usize {
+        let (held, free) = (&mut self.held, &mut self.free);
+        self.q.ack_through(upto, |e| {
+            if let Some(h) = held.get_mut(e.tag as usize) {
+                *h = None;
+            }
+            let _ = free.push_within_capacity(e.tag);
+        })
+    }
+
     /// The connection broke during a replay: what was in flight is sent again, in order.
     pub(crate) fn rewind(&mut self) {
         self.q.rewind();

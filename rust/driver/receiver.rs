@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The secondary's data thread: applies each write of the current connection's data socket to
-//! the backing device and acknowledges it on the meta socket once durable. Any message that
+//! the backing device and acknowledges it on the meta socket as its replication protocol says
+//! (C: once durable, B: once received, A: not at all; barriers: once flushed). Any message that
 //! fails to decode or breaks the protocol drops the connection before anything is written.
 
 use crate::conn::{frame_buffer, io_reason, MAX_IO_BYTES};
 use crate::device::Device;
+use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, AckKind, BarrierFlags, Limits, Message, RleApply, WriteFlags};
 use crate::transport::{recv_msg, send_msg, RecvError, Transport, PAYLOAD_OFFSET};
 use kernel::prelude::*;
@@ -38,7 +40,7 @@ impl Device {
 }
 
 /// Applies the primary's writes until the connection ends; returns why it ended.
-fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u64, buf: &mut KVVec<u8>) -> &'static str {
+fn serve(dev: &Device, data: &dyn Transport, meta_sock: &dyn Transport, generation: u64, buf: &mut KVVec<u8>) -> &'static str {
     let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: MAX_IO_BYTES };
     let stop = || !dev.is_current(generation);
     // A WriteNotify announces (seq, len) of the WriteData that must follow.
@@ -58,7 +60,11 @@ fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u
                     return "small write while a large write was announced";
                 }
                 writes_in_epoch = writes_in_epoch.wrapping_add(1);
-                apply(dev, &meta, buf)
+                match apply(dev, &meta, buf, meta_sock, &stop) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(why) => return why,
+                }
             }
             Ok(Message::WriteNotify { seq, len }) => {
                 if announced.replace((seq, len)).is_some() {
@@ -71,7 +77,11 @@ fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u
                     return "write data without a matching notification";
                 }
                 writes_in_epoch = writes_in_epoch.wrapping_add(1);
-                apply(dev, &meta, buf)
+                match apply(dev, &meta, buf, meta_sock, &stop) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(why) => return why,
+                }
             }
             Ok(Message::Barrier { nr, flags }) => {
                 if flags.contains(BarrierFlags::FLUSH) && dev.backing.flush().is_err() {
@@ -120,7 +130,7 @@ fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u
                     return "a resync write failed";
                 }
                 let done = dev.resync_written(sector, sectors);
-                if send_msg(meta, &Message::ResyncAck { sector, sectors }, &stop).is_err() {
+                if send_msg(meta_sock, &Message::ResyncAck { sector, sectors }, &stop).is_err() {
                     return "cannot send an ack";
                 }
                 if !done {
@@ -136,28 +146,40 @@ fn serve(dev: &Device, data: &dyn Transport, meta: &dyn Transport, generation: u
             Err(RecvError::Protocol(e)) => return e.as_str(),
             Err(RecvError::Io(e)) => return io_reason(e),
         };
-        if send_msg(meta, &reply, &stop).is_err() {
+        if send_msg(meta_sock, &reply, &stop).is_err() {
             return "cannot send an ack";
         }
     }
 }
 
 /// Writes one replicated write, whose payload [`recv_msg`] left at [`PAYLOAD_OFFSET`] of `buf`,
-/// to the backing device and says how to acknowledge it.
+/// to the backing device, and says how to acknowledge it (`None`: no ack). What the ack
+/// promises depends on the replication protocol (both sides' tables name the same one):
 ///
-/// The write always goes with FUA: `AckDurable` promises the data is on the secondary's stable
-/// storage (protocol C's failover guarantee: the peer holds every acknowledged write, even if it
-/// loses power right after the ack). The primary's PREFLUSH is honoured as well.
-fn apply(dev: &Device, meta: &wire::WriteMeta, buf: &KVVec<u8>) -> Message<'static> {
+/// - C: the write goes with FUA and is acked `Durable` once done: the peer holds every
+///   acknowledged write even if it loses power right after the ack (the failover guarantee).
+/// - B: `Received` is acked on the meta socket before the write starts.
+/// - A: no ack.
+///
+/// Under A and B the write goes with FUA only if the primary's had it: the barrier that
+/// follows makes it durable (its ack comes after a flush). A failed write is acked
+/// `Negative` in all three: the primary marks its range. The primary's PREFLUSH is honoured.
+fn apply(dev: &Device, meta: &wire::WriteMeta, buf: &KVVec<u8>, meta_sock: &dyn Transport, stop: &dyn Fn() -> bool)
+    -> core::result::Result<Option<Message<'static>>, &'static str> {
+    let proto = dev.cfg.protocol;
+    if proto == Protocol::B && send_msg(meta_sock, &Message::Ack { seq: meta.seq, kind: AckKind::Received }, stop).is_err() {
+        return Err("cannot send an ack");
+    }
     let preflush = meta.flags.contains(WriteFlags::PREFLUSH);
+    let fua = proto == Protocol::C || meta.flags.contains(WriteFlags::FUA);
     let data = PAYLOAD_OFFSET..PAYLOAD_OFFSET + meta.len as usize;
-    let kind = match dev.backing.write_sync(meta.sector, buf, data, preflush, true) {
-        Ok(()) => AckKind::Durable,
+    match dev.backing.write_sync(meta.sector, buf, data, preflush, fua) {
+        Ok(()) if proto == Protocol::C => Ok(Some(Message::Ack { seq: meta.seq, kind: AckKind::Durable })),
+        Ok(()) => Ok(None),
         Err(e) => {
             pr_err!("{}: write of {} bytes at sector {} failed: error {}\n",
                 &*dev.cfg.name, meta.len, meta.sector, e.to_errno());
-            AckKind::Negative
+            Ok(Some(Message::Ack { seq: meta.seq, kind: AckKind::Negative }))
         }
-    };
-    Message::Ack { seq: meta.seq, kind }
+    }
 }

@@ -12,7 +12,7 @@
 use crate::bindings::bio::{Bio, CloneData, CloneRef, Op, Status};
 use crate::device::{Device, Role};
 use crate::rcore::state::protocol::{self, Event};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use kernel::sync::Arc;
 
 const PART_PENDING: u8 = 0;
@@ -32,6 +32,8 @@ pub(crate) struct Request {
     pub(crate) len: u32,
     pub(crate) preflush: bool,
     pub(crate) fua: bool,
+    /// Position in the connection's send order (`tlog::TransferLog::sent`), set by the sender.
+    pub(crate) sent_no: AtomicU64,
     local: AtomicU8,
     net: AtomicU8,
 }
@@ -61,6 +63,7 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
         len,
         preflush,
         fua,
+        sent_no: AtomicU64::new(0),
         local: AtomicU8::new(PART_PENDING),
         net: AtomicU8::new(PART_PENDING),
     };

@@ -5,8 +5,9 @@
 //! in order, from the copies kept there.
 
 use crate::bindings::bio::CloneRef;
+use crate::device::{Conn, Device};
 use crate::outage::ToSend;
-use crate::device::Device;
+use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, BarrierFlags, Message, WriteFlags, WriteHeaders, WriteMeta};
 use crate::request::{PeerPart, Request};
 use crate::transport::{send_msg, Transport};
@@ -14,52 +15,140 @@ use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
+/// Writes sent since the last barrier after which protocols A and B send one even when busy
+/// (an idle sender sends one at once): bounds what a lost connection marks out of sync.
+const BARRIER_EVERY: u64 = 32;
+
+/// What the sender does next.
+enum Job {
+    /// A write of the outage queue, replayed.
+    Replay(ToSend),
+    /// A new write (or flush), at this position of the send order.
+    Write(CloneRef<Request>),
+    /// A barrier of protocols A and B: the peer flushes and acks, which makes the writes sent
+    /// before it durable there.
+    Barrier(u32),
+    /// A write to finish without the peer.
+    Fail(CloneRef<Request>),
+}
+
+/// Picks the next job, the connection locked; `None` when there is nothing to do now.
+fn next_job(dev: &Device, c: &mut Conn) -> Option<Job> {
+    let asynchronous = dev.cfg.protocol != Protocol::C;
+    if !c.replicating() || c.tlog_full() {
+        return None;
+    }
+    let barrier = |c: &mut Conn| {
+        let nr = dev.next_seq();
+        c.tlog.sent();
+        let upto = c.outq.last_sent();
+        c.tlog.barrier_sent(nr, upto).ok().map(|_| Job::Barrier(nr))
+    };
+    if asynchronous && c.tlog.unbarriered() >= BARRIER_EVERY {
+        return barrier(c);
+    }
+    if let Some(ts) = c.outq.next_to_send() {
+        c.tlog.sent();
+        if ts.entry.len == 0 {
+            // A flush is a barrier on the wire. Under A and B its ack releases every replayed
+            // write sent before it; under C each is acked on its own.
+            // There is room (tlog_full); were there none, its ack would be refused as
+            // unexpected and the connection dropped: safe either way.
+            let upto = if asynchronous { c.outq.last_sent() } else { None };
+            let _ = c.tlog.barrier_sent(ts.wire_seq, upto);
+        }
+        return Some(Job::Replay(ts));
+    }
+    if !c.send_queue.is_empty() {
+        let Ok(req) = c.send_queue.remove(0) else { return None };
+        let n = c.tlog.sent();
+        req.sent_no.store(n, Ordering::Relaxed);
+        if req.len == 0 {
+            // A flush is a barrier on the wire (room: see above).
+            let _ = c.tlog.barrier_sent(req.seq, None);
+        }
+        if let Err(kernel::alloc::kvec::PushError(req)) = c.inflight.push_within_capacity(req.clone()) {
+            // Cannot happen (every queued write holds one of MAX_INFLIGHT slots, the
+            // queues' capacity); fail safe, outside the lock.
+            return Some(Job::Fail(req));
+        }
+        return Some(Job::Write(req));
+    }
+    if asynchronous && c.tlog.unbarriered() > 0 {
+        return barrier(c);
+    }
+    None
+}
+
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
     let stop = || dev.stopping();
     loop {
-        let (req, link, generation, small_ok) = {
+        let (job, link, generation, small_ok) = {
             let mut c = dev.conn.lock();
-            let replay = loop {
+            let job = loop {
                 if c.stopping {
                     return;
                 }
-                if c.replicating() {
-                    if let Some(ts) = c.outq.next_to_send() {
-                        break Some(ts);
-                    }
-                    if !c.send_queue.is_empty() {
-                        break None;
-                    }
+                if let Some(j) = next_job(dev, &mut c) {
+                    break j;
                 }
                 let _ = dev.work.wait_interruptible_timeout(&mut c, kernel::time::msecs_to_jiffies(1000));
             };
-            if let Some(ts) = replay {
-                let (link, generation, small_ok) = (c.link.clone(), c.generation, c.small_writes);
-                drop(c);
-                let Some(link) = link else { continue };
-                let inline_max = if small_ok { dev.inline_max.load(Ordering::Relaxed) } else { 0 };
-                let r = send_replay(&*link, &ts, inline_max, &stop);
-                dev.conn.lock().outq.sent(ts);
-                if r.is_err() {
-                    dev.connection_lost(generation, "send failed");
-                }
-                continue;
-            }
-            let Ok(req) = c.send_queue.remove(0) else { continue };
-            let Some(link) = c.link.clone() else { continue };
-            if let Err(kernel::alloc::kvec::PushError(req)) = c.inflight.push_within_capacity(req.clone()) {
-                // Cannot happen (every queued write holds one of MAX_INFLIGHT slots, the
-                // queues' capacity); fail safe.
-                drop(c);
-                req.net_done(false);
-                continue;
-            }
-            (req, link, c.generation, c.small_writes)
+            (job, c.link.clone(), c.generation, c.small_writes)
         };
         let inline_max = if small_ok { dev.inline_max.load(Ordering::Relaxed) } else { 0 };
-        if let Err(e) = send_request(&*link, &req, inline_max, &stop) {
+        let r = match (&job, &link) {
+            (_, None) => Err(EINVAL), // cannot happen: a job is only picked while replicating
+            (Job::Replay(ts), Some(l)) => send_replay(&**l, ts, inline_max, &stop),
+            (Job::Write(req), Some(l)) => send_request(&**l, req, inline_max, &stop),
+            (Job::Barrier(nr), Some(l)) => {
+                send_msg(&**l, &Message::Barrier { nr: *nr, flags: BarrierFlags::FLUSH }, &stop)
+            }
+            (Job::Fail(_), Some(_)) => Ok(()),
+        };
+        match job {
+            Job::Fail(req) => req.net_done(false),
+            Job::Replay(ts) => dev.conn.lock().outq.sent(ts),
+            Job::Write(req) if r.is_ok() && dev.cfg.protocol == Protocol::A => dev.sent_async(generation, req),
+            _ => {}
+        }
+        if let Err(e) = r {
             dev.connection_lost(generation, if e == crate::bindings::errno::eshutdown() { "shut down" } else { "send failed" });
+        }
+    }
+}
+
+impl Device {
+    /// Protocol A: write `req` of connection `generation` is sent, which completes it; the
+    /// transfer log keeps its range until a barrier ack says the peer made it durable. A
+    /// no-op if the connection is gone (its loss finished the write).
+    fn sent_async(&self, generation: u64, req: CloneRef<Request>) {
+        let done = {
+            let mut c = self.conn.lock();
+            let i = c.inflight.iter().position(|r| r.seq == req.seq);
+            match i {
+                Some(i) if c.generation == generation => {
+                    let r = c.inflight.remove(i).ok();
+                    if let Some(r) = &r {
+                        self.unsure(&mut c, r);
+                    }
+                    r
+                }
+                _ => None,
+            }
+        };
+        if let Some(r) = done {
+            r.net_done(true);
+        }
+    }
+
+    /// Write `r` completes before the peer made it durable (protocol A once sent, B once
+    /// received): the transfer log keeps its range. If that fails (it cannot: the sender
+    /// keeps room), the range is marked out of sync instead.
+    pub(crate) fn unsure(&self, c: &mut Conn, r: &CloneRef<Request>) {
+        if r.len > 0 && c.tlog.completed(r.sent_no.load(Ordering::Relaxed), r.seq, r.sector, r.len).is_err() {
+            self.mark_out_of_sync(r.sector, r.len);
         }
     }
 }

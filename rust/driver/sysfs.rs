@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `/sys/block/rmirrorN/rmirror/`: read-only views of the configuration and state, and the
-//! live tunable `inline_max` (validated on write; see `Documentation/ABI-sysfs.rst`).
+//! tunables (`inline_max`, `resync_rate`, `outage_queue_bytes` and the connection timers), each
+//! validated on write; see `Documentation/ABI-sysfs.rst`.
 
 use crate::bindings::disk::Attribute;
 use crate::device::{Addr, Device};
 use crate::rcore::abi::{status, TextWriter};
 use crate::outage::MAX_BYTES_LIMIT;
+use crate::rcore::state::conn;
 use crate::rcore::state::resync::MAX_RATE;
 use crate::rcore::table::{INLINE_MAX_ALIGN, INLINE_MAX_LIMIT};
 use core::fmt::Write;
@@ -26,13 +28,18 @@ const REPL: usize = 9;
 const DISK: usize = 10;
 const RESYNC_RATE: usize = 11;
 const OUTAGE_QUEUE_BYTES: usize = 12;
+const PING_INTERVAL: usize = 13;
+const TIMEOUT: usize = 14;
+const PROBATION: usize = 15;
+const CONNECT_RETRY: usize = 16;
+const OUTAGE_MAX: usize = 17;
 
 const fn ro(name: &'static kernel::str::CStr) -> Attribute {
     Attribute { name, writable: false }
 }
 
 /// The files of `/sys/block/rmirrorN/rmirror/`, by id.
-pub(crate) static ATTRS: [Attribute; 13] = [
+pub(crate) static ATTRS: [Attribute; 18] = [
     ro(c"name"),
     ro(c"role"),
     ro(c"cstate"),
@@ -46,7 +53,24 @@ pub(crate) static ATTRS: [Attribute; 13] = [
     ro(c"disk"),
     Attribute { name: c"resync_rate", writable: true },
     Attribute { name: c"outage_queue_bytes", writable: true },
+    Attribute { name: c"ping_interval", writable: true },
+    Attribute { name: c"timeout", writable: true },
+    Attribute { name: c"probation", writable: true },
+    Attribute { name: c"connect_retry", writable: true },
+    Attribute { name: c"outage_max", writable: true },
 ];
+
+/// The connection timer behind attribute `attr` (milliseconds), with its file name.
+fn timer(cfg: &mut conn::Config, attr: usize) -> Option<(&'static str, &mut u32)> {
+    Some(match attr {
+        PING_INTERVAL => ("ping_interval", &mut cfg.ping_interval_ms),
+        TIMEOUT => ("timeout", &mut cfg.timeout_ms),
+        PROBATION => ("probation", &mut cfg.probation_ms),
+        CONNECT_RETRY => ("connect_retry", &mut cfg.connect_retry_ms),
+        OUTAGE_MAX => ("outage_max", &mut cfg.outage_max_ms),
+        _ => return None,
+    })
+}
 
 /// Formats attribute `attr` into `page`; returns the length.
 pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> {
@@ -72,6 +96,11 @@ pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> 
         DISK => writeln!(w, "{}", crate::resync::disk_state(dev)),
         RESYNC_RATE => writeln!(w, "{}", dev.resync_rate.load(Ordering::Relaxed)),
         OUTAGE_QUEUE_BYTES => writeln!(w, "{}", dev.conn.lock().outq.max_bytes()),
+        PING_INTERVAL | TIMEOUT | PROBATION | CONNECT_RETRY | OUTAGE_MAX => {
+            let mut cfg = *dev.conn.lock().sm.config();
+            let (_, v) = timer(&mut cfg, attr).ok_or(EINVAL)?;
+            writeln!(w, "{}", *v)
+        }
         _ => return Err(EINVAL),
     };
     r.map_err(|_| ENOSPC)?;
@@ -110,7 +139,47 @@ pub(crate) fn store(dev: &Device, attr: usize, input: &[u8]) -> Result {
                 pr_err!("{}: outage_queue_bytes: cannot change while writes are queued\n", &*dev.cfg.name);
             })
         }
+        PING_INTERVAL | TIMEOUT | PROBATION | CONNECT_RETRY | OUTAGE_MAX => store_timer(dev, attr, input),
         _ => Err(EACCES),
+    }
+}
+
+/// A connection timer: the state machine takes the new configuration after checking it whole
+/// (`EINVAL`), and refuses it while a connection is up (`EBUSY`), so timers never change under
+/// a running handshake or heartbeat.
+fn store_timer(dev: &Device, attr: usize, input: &[u8]) -> Result {
+    let value = parse_u32(input);
+    let (file, r) = {
+        let mut c = dev.conn.lock();
+        let mut cfg = *c.sm.config();
+        let (file, slot) = timer(&mut cfg, attr).ok_or(EACCES)?;
+        let r = match value {
+            Some(v) => {
+                *slot = v;
+                Some(c.sm.set_config(cfg))
+            }
+            None => None,
+        };
+        (file, r)
+    };
+    let name = &*dev.cfg.name;
+    match (value, r) {
+        (Some(v), Some(Ok(()))) => {
+            pr_info!("{}: {} set to {} ms\n", name, file, v);
+            Ok(())
+        }
+        (_, Some(Err(conn::Error::Busy))) => {
+            pr_err!("{}: {}: cannot change while connected (rmirrorctl disconnect first)\n", name, file);
+            Err(EBUSY)
+        }
+        (_, Some(Err(e))) => {
+            pr_err!("{}: {}: {}\n", name, file, e.as_str());
+            Err(EINVAL)
+        }
+        _ => {
+            pr_err!("{}: {}: expected milliseconds, a decimal number\n", name, file);
+            Err(EINVAL)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0
-"""pytest fixtures for the rmirror VM tests: one alpha/beta guest pair (scripts/vm.py) per test module.
+"""pytest fixtures for the rmirror VM tests: one alpha/beta guest pair (scripts/vm.py) that the test modules
+take turns on (a module that scans for leaks boots its own, with kmemleak on).
 
 Environment:
   RMIRROR_KERNEL  bzImage (default /var/cache/rmirror/kernel/current/arch/x86/boot/bzImage)
@@ -66,20 +67,62 @@ def _payload(needs_module):
     return payload
 
 
+_SHARED = {}
+
+
+@pytest.fixture(scope="session")
+def _shared_pairs():
+    """Pairs shared by every module that boots with the same options: a boot costs ~30 s of TCG time,
+    so the modules take turns on one pair (see `pair`). Powered off, and their logs checked a last time,
+    at the end of the session."""
+    yield _SHARED
+    errors = []
+    for p in _SHARED.values():
+        try:
+            p.__exit__(None, None, None)
+        except Exception as e:      # noqa: BLE001 - the first one is raised below
+            errors.append(e)
+    _SHARED.clear()
+    if errors:
+        raise errors[0]
+
+
 @pytest.fixture(scope="module")
-def pair(request):
-    """A booted alpha/beta pair shared by the tests of one module. Its kernel logs are checked after every
-    test (see _log_check) and once more after power-off: BUG:/WARNING:/Oops/... lines fail the run."""
+def pair(request, _shared_pairs):
+    """A booted alpha/beta pair for the tests of one module. Its kernel logs are checked after every test
+    (see _log_check) and once more after power-off: BUG:/WARNING:/Oops/... lines fail the run.
+
+    Modules take turns on one pair (booted by the first of them): each gets it reset (modules unloaded,
+    firewall, qdiscs and device-mapper cleared, see helpers.reset) and with both backing disks zeroed, as
+    after a boot. A guest that an earlier test hung or crashed is rebooted (see _log_check). Modules that
+    scan for leaks (KMEMLEAK = True) boot a pair of their own with kmemleak on, powered off after them."""
     needs_module = getattr(request.module, "NEEDS_MODULE", True)
     payload = _payload(needs_module)
     smp = int(os.environ.get("RMIRROR_SMP", vmlib.DEFAULT_SMP))
     # kmemleak records every allocation with its backtrace, a cost every test pays under TCG; only the
     # modules that scan for leaks (KMEMLEAK = True) boot with it on.
-    append = "" if getattr(request.module, "KMEMLEAK", False) else "kmemleak=off"
-    p = vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp, append=append)
-    with p:
+    if getattr(request.module, "KMEMLEAK", False):
+        with vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp) as p:
+            BOOT_TIMES.append((request.module.__name__, p.alpha.boot_seconds, p.beta.boot_seconds))
+            yield p
+        return
+    key = (smp, tuple(sorted(payload.items())))
+    p = _shared_pairs.get(key)
+    if p is None:
+        p = vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp, append="kmemleak=off")
+        p.__enter__()
+        _shared_pairs[key] = p
         BOOT_TIMES.append((request.module.__name__, p.alpha.boot_seconds, p.beta.boot_seconds))
-        yield p
+    else:
+        if any(vm.broken for vm in p.vms.values()):
+            p.restart()
+            BOOT_TIMES.append((request.module.__name__, p.alpha.boot_seconds, p.beta.boot_seconds))
+        from helpers import reset_pair
+        reset_pair(p)
+        p.wipe_disks()
+        p.check_logs()
+    p.clean = True
+    yield p
 
 
 @pytest.fixture

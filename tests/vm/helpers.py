@@ -42,6 +42,7 @@ def load(vm):
 RESET = """
 for m in /mnt/a /mnt/b; do umount $m 2>/dev/null; done
 iptables -F 2>/dev/null; tc qdisc del dev eth0 root 2>/dev/null
+for f in /sys/kernel/debug/fail*/probability; do echo 0 > $f; done 2>/dev/null
 if grep -q '^rmirror ' /proc/modules; then rmmod rmirror || exit 1; fi
 dmsetup remove_all 2>/dev/null
 for l in /dev/loop[0-9]*; do losetup -d $l 2>/dev/null; done; rm -f /tmp/loop*.img
@@ -50,8 +51,9 @@ for l in /dev/loop[0-9]*; do losetup -d $l 2>/dev/null; done; rm -f /tmp/loop*.i
 
 
 def reset(vm):
-    """Back to a clean guest: nothing mounted on /mnt/a, /mnt/b, no firewall rules or qdisc, the module
-    unloaded (module exit removes every idle device), loop devices detached. One agent round trip."""
+    """Back to a clean guest: nothing mounted on /mnt/a, /mnt/b, no firewall rules or qdisc, no fault
+    injection armed, the module unloaded (module exit removes every idle device), loop devices detached.
+    One agent round trip."""
     rc, out = vm.run(RESET, 120)
     assert rc == 0, f"{vm.name}: cleanup failed (rmmod rmirror with a device still in use?): {out}"
 

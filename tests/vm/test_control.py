@@ -1,13 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0
 """rmirror control path against .notes/ABI.md: module load/unload, /dev/rmirror-control, error codes of
-every bad input, sysfs attributes, rmmod with open and idle devices."""
+every bad input, sysfs attributes, rmmod with open and idle devices, connect/disconnect and the connection
+timers in sysfs."""
 
 import re
+import time
 
 import pytest
 
-from helpers import (CTL, KO, S, DISK_SECTORS, connect_pair, create, dmesg_during, expect_error, load, loaded, q,
-                     remove, status, sysfs_write, table)
+from helpers import (CTL, KO, S, DISK_SECTORS, connect_pair, create, dmesg_during, expect_error, load, loaded, md5_dev,
+                     q, remove, status, sysfs_write, table, wait_cstate, wait_in_sync)
 
 
 pytestmark = pytest.mark.usefixtures("clean_pair")
@@ -64,7 +66,6 @@ MALFORMED = [
     ("bad-role", "0 {S} rmirror /dev/vdb master 10.99.0.1:7788 10.99.0.2:7788 C"),
     ("port-zero", "0 {S} rmirror /dev/vdb primary 10.99.0.1:0 10.99.0.2:7788 C"),
     ("bad-ip", "0 {S} rmirror /dev/vdb primary 10.99.0.300:7788 10.99.0.2:7788 C"),
-    ("protocol-A", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 A"),
     ("protocol-X", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 X"),
     ("inline-not-512", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C inline_max=1000"),
     ("inline-too-big", "0 {S} rmirror /dev/vdb primary 10.99.0.1:7788 10.99.0.2:7788 C inline_max=65536"),
@@ -280,3 +281,163 @@ def test_rmmod_idle_removes_devices(pair):
     load(a)
     assert a.ok(f"{CTL} list").strip() == ""
     create(a, "primary")
+
+
+# ---- connect / disconnect (DRBD's drbdsetup connect/disconnect) and the connection timers in sysfs -----------
+
+DROP = "setpriv --reuid=1000 --regid=1000 --clear-groups"
+AREA = (8 << 20, 1 << 20)          # (offset, bytes) of /dev/rmirror0 the disconnect tests write
+# Quick retries, the default 5 s timeout: TCG guests on a loaded host miss 2 s heartbeats now and then.
+RETRY = "connect_retry=500"
+
+
+def test_disconnect_connect_primary(pair):
+    """`disconnect` on the primary: standalone at once, no more connection attempts, writes complete locally
+    and are marked out of sync, not replicated; `disconnect` again is a no-op; `connect` (EALREADY while
+    connected) reconnects and resyncs: the written area is then identical on both backing disks."""
+    a, b = pair.alpha, pair.beta
+    connect_pair(pair, opts=RETRY)
+    a.ok("dmesg -c > /dev/null")
+    err = expect_error(a, f"{CTL} connect r0", "connect", "r0", "EALREADY")
+    assert "hint: r0 is not standalone: it is already connecting or connected" in err, err
+    assert "rmirror: r0: connect: not standalone (connected)" in a.ok("dmesg")
+
+    before = status(a)
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} disconnect r0")
+    assert rc == 0, err
+    assert "rmirror: r0: disconnected by the user: standalone" in msgs, msgs
+    assert status(a)["cstate"] == "standalone"
+    off, n = AREA
+    want = a.ok(f"dd if=/dev/urandom of=/tmp/blk bs=64k count={n >> 16} 2>/dev/null && "
+                f"dd if=/tmp/blk of=/dev/rmirror0 bs=64k seek={off >> 16} oflag=direct 2>/dev/null && "
+                "md5sum < /tmp/blk", timeout=120).split()[0]
+    st = status(a)
+    assert st["cstate"] == "standalone" and st["out_of_sync"] == n >> 9, st
+    b_attempts = status(b)["connect_attempts"]
+    time.sleep(3)
+    st2 = status(a)
+    assert (st2["cstate"], st2["connect_attempts"]) == ("standalone", st["connect_attempts"]), (st, st2)
+    assert status(b)["connect_attempts"] == b_attempts, "alpha kept connecting while standalone"
+    # idempotent, as drbdsetup disconnect
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} disconnect r0")
+    assert rc == 0 and "r0: disconnect: already standalone" in msgs, (err, msgs)
+    assert md5_dev(b, offset=off, nbytes=n) != want, "written while standalone, yet on the peer"
+
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} connect r0")
+    assert rc == 0 and "rmirror: r0: connect: connecting to the peer 10.99.0.2:7788 again" in msgs, (err, msgs)
+    wait_cstate(a, timeout=60)
+    st = wait_in_sync(a, timeout=120)
+    assert st["connects"] > before["connects"] and st["resynced"] - before["resynced"] >= n >> 9, st
+    assert md5_dev(b, offset=off, nbytes=n) == want, "the resync did not bring the standalone writes"
+    assert md5_dev(a, offset=off, nbytes=n) == want
+
+
+def test_disconnect_connect_secondary(pair):
+    """`disconnect` on the secondary: standalone; it still accepts the primary's sockets but closes them at
+    once (one log line), so the primary keeps retrying every connect_retry without waiting for a handshake,
+    and never connects; `connect` on the secondary lets it in again."""
+    a, b = pair.alpha, pair.beta
+    connect_pair(pair, opts=RETRY)
+    a.ok("dmesg -c > /dev/null")
+    rc, out, err, msgs = dmesg_during(b, f"{CTL} disconnect r0")
+    assert rc == 0 and "rmirror: r0: disconnected by the user: standalone" in msgs, (err, msgs)
+    b1 = status(b)
+    assert b1["cstate"] == "standalone"
+    s1 = status(a)
+    time.sleep(3)
+    s2 = status(a)
+    # connect_retry is 500 ms: a primary waiting for each handshake (timeout 5 s) would manage at most 1
+    assert s2["connect_attempts"] - s1["connect_attempts"] >= 3, (s1, s2)
+    assert s2["connects"] == s1["connects"] and s2["cstate"] != "connected", (s1, s2)
+    b2 = status(b)
+    assert b2["cstate"] == "standalone" and b2["connects"] == b1["connects"], (b1, b2)
+    assert b2["connect_attempts"] > b1["connect_attempts"], "beta did not even accept the sockets"
+    blog = b.ok("dmesg")
+    assert blog.count("r0: refused a connection from 10.99.0.1:7788: standalone") == 1, blog
+    alog = a.ok("dmesg")
+    assert ("the peer closed the connection before its handshake" in alog
+            or "cannot send the handshake" in alog), alog
+    assert "no handshake received in time" not in alog, alog
+
+    rc, out, err, msgs = dmesg_during(b, f"{CTL} connect r0")
+    assert rc == 0 and "rmirror: r0: connect: accepting the peer 10.99.0.1:7788 again" in msgs, (err, msgs)
+    wait_cstate(b, timeout=30)
+    assert wait_cstate(a, timeout=30)["connects"] > s2["connects"]
+
+
+def test_connect_disconnect_errors(pair):
+    """Unknown names are ENXIO, unprivileged callers EPERM (and change nothing), `connect` on a device that
+    is connecting is EALREADY with a kernel message; a lone primary goes standalone and back."""
+    a = pair.alpha
+    load(a)
+    for verb in ("connect", "disconnect"):
+        expect_error(a, f"{CTL} {verb} nosuch", verb, "nosuch", "ENXIO")
+    create(a, "primary", opts=RETRY)
+    for verb in ("connect", "disconnect"):
+        expect_error(a, f"{CTL} {verb} r00", verb, "r00", "ENXIO")
+    a.ok("dmesg -c > /dev/null")
+    expect_error(a, f"{CTL} connect r0", "connect", "r0", "EALREADY")
+    assert re.search(r"rmirror: r0: connect: not standalone \((connecting|handshake)\)", a.ok("dmesg"))
+    a.ok("chmod 0666 /dev/rmirror-control")
+    for verb in ("connect", "disconnect"):
+        expect_error(a, f"{DROP} {CTL} {verb} r0", verb, "r0", "EPERM")
+    assert status(a)["cstate"] != "standalone"
+    a.ok(f"{CTL} disconnect r0")
+    assert status(a)["cstate"] == "standalone"
+    a.ok(f"{CTL} connect r0")
+    assert status(a)["cstate"] in ("connecting", "handshake")
+
+
+TIMER_FILES = {"ping_interval": 1000, "timeout": 5000, "probation": 3000, "connect_retry": 1000, "outage_max": 60000}
+
+
+def write_with_dmesg(vm, path, value):
+    """Write `value` to a sysfs file with the kernel ring buffer cleared first: (rc, shell error, kernel lines)."""
+    rc, out, err = vm.run3(f"dmesg -c > /dev/null; busybox ash -c {q(f'echo {value} > {path}')}; rc=$?; "
+                           "dmesg; exit $rc")
+    return rc, err, out
+
+
+def test_sysfs_timers(pair):
+    """The connection timers are sysfs files: defaults read back; a bad value is EINVAL with the rule in the
+    kernel log (checked against the other timers too); a change while connected is EBUSY; after
+    `disconnect` a change is taken, read back, and used by the next connection (pings every 100 ms);
+    `rmirrorctl table` keeps the creation values."""
+    a, b = pair.alpha, pair.beta
+    d = "/sys/block/rmirror0/rmirror"
+    pair.each(load)
+    create(b, "secondary")
+    create(a, "primary")
+    read = f"for f in {' '.join(TIMER_FILES)}; do echo $f=$(cat {d}/$f); done"
+    assert dict(l.split("=") for l in a.ok(read).split()) == {k: str(v) for k, v in TIMER_FILES.items()}
+    wait_cstate(a, timeout=30)
+    for f, v, msg in (("ping_interval", "0", "ping_interval: ping interval must be 100..=60000 ms"),
+                      ("timeout", "abc", "timeout: expected milliseconds, a decimal number"),
+                      ("timeout", "", "timeout: expected milliseconds, a decimal number"),
+                      ("timeout", "700000", "timeout: timeout must be at most 600000 ms"),
+                      ("timeout", "1000", "timeout: timeout must be greater than the ping interval"),
+                      ("connect_retry", "99", "connect_retry: connect retry must be 100..=600000 ms"),
+                      ("outage_max", "4999", "outage_max: outage max must be 0 or timeout..=86400000 ms")):
+        rc, err, msgs = write_with_dmesg(a, f"{d}/{f}", v)
+        assert rc != 0 and "Invalid argument" in err, (f, v, err)
+        assert f"rmirror: r0: {msg}" in msgs, (f, v, msgs)
+    rc, err, msgs = write_with_dmesg(a, f"{d}/timeout", "3000")
+    assert rc != 0 and "busy" in err.lower(), err
+    assert "rmirror: r0: timeout: cannot change while connected (rmirrorctl disconnect first)" in msgs, msgs
+    assert dict(l.split("=") for l in a.ok(read).split()) == {k: str(v) for k, v in TIMER_FILES.items()}
+
+    a.ok(f"{CTL} disconnect r0")
+    for f, v in (("ping_interval", 100), ("timeout", 3000), ("outage_max", 0), ("probation", 0)):
+        rc, out = sysfs_write(a, f"{d}/{f}", v)
+        assert rc == 0, (f, v, out)
+        assert a.ok(f"cat {d}/{f}").strip() == str(v)
+    rc, err, msgs = write_with_dmesg(a, f"{d}/outage_max", "2999")       # below the new timeout
+    assert rc != 0 and "outage max must be 0 or timeout" in msgs, (err, msgs)
+    assert a.ok(f"{CTL} table r0").split() == table(a, "primary").split()
+    a.ok(f"{CTL} connect r0")
+    wait_cstate(a, timeout=30)
+    # 100 ms pings: at least 6 in 2 s (1000 ms ones: at most 3)
+    pings = f"sed 's/.* pings=\\([0-9]*\\) .*/\\1/' {d}/stats"
+    out = a.ok(f"p0=$({pings}); sleep 2; p1=$({pings}); echo $((p1 - p0))")
+    assert int(out.strip()) >= 6, f"{out.strip()} pings in 2 s with ping_interval=100"
+    assert status(a)["cstate"] == "connected"

@@ -14,7 +14,7 @@ import struct
 import pytest
 
 from helpers import (HANDSHAKE, MAGIC, S, SMALL_WRITE, VERSION, WRITE_NOTIFY, PORT, create, handshake, load,
-                     preamble, status)
+                     preamble, reset_pair, status)
 
 TARGET = 2048  # sector the tests aim at (1 MiB into the device)
 
@@ -53,12 +53,17 @@ def resync_reply(sector, sectors, data):
     return preamble(RESYNC_REPLY, 8 + len(data), struct.pack("<II", sectors, 0)) + struct.pack("<Q", sector) + data
 
 
-@pytest.fixture(autouse=True)
-def secondary(pair, clean_pair):
+@pytest.fixture(scope="module", autouse=True)
+def secondary(pair):
+    """One secondary on beta for the whole module: it takes a new connection at any time, so each case
+    simply connects again (every case checks that beta is still listening afterwards)."""
     b = pair.beta
-    b.ok(f"dd if=/dev/zero of=/dev/vdb bs=1M count=2 seek=1 oflag=direct 2>/dev/null")
+    b.ok("dd if=/dev/zero of=/dev/vdb bs=1M count=2 seek=1 oflag=direct 2>/dev/null")
     load(b)
     create(b, "secondary")
+    yield
+    reset_pair(pair)
+    pair.clean = True
 
 
 def target_md5(vm):
@@ -77,8 +82,8 @@ def send_as_primary(pair, frames):
     for name, blob in (("frames", frames), ("meta", handshake(S, channel=1))):
         a.ok(f"echo {base64.b64encode(blob).decode()} | base64 -d > /tmp/{name}")
     # Keep both sockets open a little after sending so beta reads everything we sent.
-    a.run(f"(cat /tmp/frames; sleep 3) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/reply & sleep 0.5; "
-          f"(cat /tmp/meta; sleep 2) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/meta_reply; wait", timeout=30)
+    a.run(f"(cat /tmp/frames; sleep 2) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/reply & sleep 0.5; "
+          f"(cat /tmp/meta; sleep 1.5) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/meta_reply; wait", timeout=30)
     b.ok("for i in $(seq 1 50); do dmesg | grep -Eq 'connection lost|refused a connection' && exit 0; "
          "sleep 0.1; done; exit 1")
     return b.ok("dmesg | grep 'rmirror: r0'"), a.ok("od -An -v -tx1 /tmp/meta_reply | tr -d ' \\n'")
@@ -161,7 +166,7 @@ def test_well_formed_bitmap_and_resync_data_are_applied_and_acked(pair):
     chunk of resync data at TARGET: beta writes it and answers ResyncAck(TARGET, 8) on the meta socket."""
     b = pair.beta
     before = target_md5(b)
-    frames = handshake(S) + bitmap(0, REGIONS, varint(REGIONS)) + resync_reply(TARGET, 8, b"\x5a" * 4096)
+    frames = handshake(S) + bitmap(0, REGIONS, varint(REGIONS)) + resync_reply(TARGET, 8, b"\xa5" * 4096)
     _, reply = send_as_primary(pair, frames)
     assert target_md5(b) != before
     acks = [f for cmd, f in frames_of(bytes.fromhex(reply)) if cmd == RESYNC_ACK]

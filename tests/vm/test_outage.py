@@ -395,3 +395,84 @@ def test_queue_overflow_and_outage_max_fall_back_to_the_bitmap(pair):
         rc, out = sysfs_write(a, "/sys/block/rmirror0/rmirror/outage_queue_bytes", bad)
         assert rc != 0, (bad, out)
     assert "outage_queue_bytes: expected bytes" in a.ok("dmesg | tail -3")
+
+
+def cut_then_burst(vm, sectors_at, count=8):
+    """Cut `vm` off its peer (iptables DROP both ways, from this side only) and, in the same guest command,
+    write `count` 4 KiB direct blocks at sector `sectors_at` of r0. Returns the kernel-clock times of the
+    cut and of the burst's end."""
+    vm.ok(f"iptables -A INPUT -s {IP[PEER[vm.name]]} -j DROP && iptables -A OUTPUT -d {IP[PEER[vm.name]]} -j DROP "
+          f"&& echo 'rmirror-test: cut, burst start' > /dev/kmsg && dd if=/dev/urandom of=/dev/rmirror0 bs=4k "
+          f"count={count} seek={sectors_at // 8} oflag=direct 2>/dev/null; echo 'rmirror-test: burst end' > /dev/kmsg",
+          timeout=120)
+    lines = klog(vm)
+    start = max(t for t, line in lines if "rmirror-test: cut, burst start" in line)
+    end = max(t for t, line in lines if "rmirror-test: burst end" in line)
+    return start, end
+
+
+@pytest.mark.parametrize("proto", ["A", "B"])
+def test_protocols_a_and_b_keep_their_promise_through_a_link_cut(pair, proto):
+    """Protocol A completes a write once it is sent, B once beta acked its receipt; neither waits for beta's
+    disk, so alpha keeps each write's range (the transfer log) until the barrier ack that follows it.
+
+    Connected, 1500 checker writes (more than the transfer log holds: its barrier acks must flow). Then the
+    link is cut: under A a burst of writes completes at once, with the link dead and before the outage is
+    even declared (sent is all A promises); under B the same burst waits for a receipt that cannot come,
+    until the outage is declared (then it is queued). At the loss, A's writes that beta never made durable
+    go to the bitmap (logged). Writes continue through the outage; after the heal every write alpha
+    acknowledged is on beta (checker) and the disks are equal."""
+    a, b = pair.alpha, pair.beta
+    same_start(pair)
+    connect_pair(pair, protocol=proto, opts=TIMERS)
+    assert status(a)["protocol"] == proto
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/p1.log --size 16M --jobs 4 --count 1500 --seed 61", timeout=300)
+    # Replicating straight to beta (not replaying an outage queue, which takes new writes in order).
+    wait_replayed(a)
+    t_cut, end = cut_then_burst(a, 40 * 2048)
+    wait_cstate(a, "outage", timeout=30)
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/p2.log --offset 16M --size 16M --jobs 2 --count 200 --seed 62",
+         timeout=300)
+    pair.each(heal)
+    st = wait_replayed(a)
+    lines = [x for x in klog(a) if x[0] >= t_cut]
+    t_lost = first_after(lines, t_cut, "connection lost")
+    unsure = [line for _, line in lines if "the peer had not made durable yet marked out of sync" in line]
+    print(f"protocol {proto}: cut and burst of 8 writes at {t_cut:.2f}, done at {end:.2f}, connection declared "
+          f"lost at {t_lost}; {unsure}; status {st}")
+    assert t_lost is not None, lines
+    if proto == "A":
+        assert end < t_lost, "protocol A waited for the peer"
+        assert unsure and int(unsure[0].split("r0: ")[1].split()[0]) >= 8, lines
+    else:
+        assert end >= t_lost, "protocol B completed writes without the peer's receipt"
+        assert end - t_lost <= 1.5, f"protocol B writes completed {end - t_lost:.2f}s after the loss"
+    for log in ("/tmp/p1.log", "/tmp/p2.log"):
+        copy_file(a, b, log)
+    res = verify(b, "/dev/vdb", ["/tmp/p1.log", "/tmp/p2.log"], 0, 32)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0 and res["present"] > 0, res
+    sums = pair.each(lambda vm: md5_dev(vm, nbytes=64 << 20, bs=1 << 20))
+    assert sums["alpha"] == sums["beta"], sums
+
+
+def test_tables_naming_different_protocols_are_refused(pair):
+    """alpha's table says B, beta's C: both refuse the connection with the reason in their logs, alpha goes
+    standalone, and nothing reaches beta's disk."""
+    a, b = pair.alpha, pair.beta
+    pair.each(load)
+    before = md5_dev(b, nbytes=4 << 20)
+    create(b, "secondary", opts=TIMERS)
+    create(a, "primary", protocol="B", opts=TIMERS)
+    a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=64k count=16 oflag=direct 2>/dev/null")
+    wait_cstate(a, "standalone", timeout=30)
+    why = "the peer's table names another replication protocol"
+    for vm in (a, b):
+        deadline = time.monotonic() + 30
+        while why not in vm.ok("dmesg | grep rmirror | tail -20"):
+            assert time.monotonic() < deadline, f"{vm.name}: no refusal in the log"
+            time.sleep(0.5)
+    assert "(C, ours B): fix one table" in a.ok("dmesg | grep 'fix one table' | tail -1")
+    assert status(b)["connects"] == 0 and status(a)["connects"] == 0
+    remove(a)
+    remove(b)
+    assert md5_dev(b, nbytes=4 << 20) == before

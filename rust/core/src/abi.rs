@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Control ABI v1 between `rmirror.ko` and `rmirrorctl`: ioctl numbers, the 4096-byte buffer, names, status text.
 //!
-//! The control node `/dev/rmirror-control` takes six ioctls, all `_IOWR(0xE7, nr, 4096)` on one
+//! The control node `/dev/rmirror-control` takes eight ioctls, all `_IOWR(0xE7, nr, 4096)` on one
 //! 4096-byte buffer. Every integer is little-endian; text fields are ASCII/UTF-8, NUL-padded.
 //!
 //! ```text
@@ -139,17 +139,25 @@ pub enum Cmd {
     List = 4,
     /// Report the table line device `name` was created with (and its `minor`).
     Table = 5,
+    /// Let device `name`, standalone, connect to its peer again (`EALREADY` if it is not
+    /// standalone).
+    Connect = 6,
+    /// Make device `name` standalone: close its connection and stop connecting (a no-op if
+    /// it is standalone already).
+    Disconnect = 7,
 }
 
 impl Cmd {
     /// Every command, in `nr` order.
-    pub const ALL: [Cmd; 6] = [
+    pub const ALL: [Cmd; 8] = [
         Cmd::Version,
         Cmd::Create,
         Cmd::Remove,
         Cmd::Status,
         Cmd::List,
         Cmd::Table,
+        Cmd::Connect,
+        Cmd::Disconnect,
     ];
 
     /// The ioctl command number (`_IOC_NR`).
@@ -166,6 +174,8 @@ impl Cmd {
             3 => Some(Cmd::Status),
             4 => Some(Cmd::List),
             5 => Some(Cmd::Table),
+            6 => Some(Cmd::Connect),
+            7 => Some(Cmd::Disconnect),
             _ => None,
         }
     }
@@ -194,6 +204,8 @@ impl Cmd {
             Cmd::Status => "STATUS",
             Cmd::List => "LIST",
             Cmd::Table => "TABLE",
+            Cmd::Connect => "CONNECT",
+            Cmd::Disconnect => "DISCONNECT",
         }
     }
 
@@ -215,6 +227,10 @@ pub const IOC_STATUS: u32 = Cmd::Status.request();
 pub const IOC_LIST: u32 = Cmd::List.request();
 /// `RMIRROR_IOC_TABLE` = `_IOWR(0xE7, 5, 4096)`.
 pub const IOC_TABLE: u32 = Cmd::Table.request();
+/// `RMIRROR_IOC_CONNECT` = `_IOWR(0xE7, 6, 4096)`.
+pub const IOC_CONNECT: u32 = Cmd::Connect.request();
+/// `RMIRROR_IOC_DISCONNECT` = `_IOWR(0xE7, 7, 4096)`.
+pub const IOC_DISCONNECT: u32 = Cmd::Disconnect.request();
 
 const _: () = assert!(BUF_LEN <= IOC_SIZE_MAX);
 const _: () = assert!(IOC_VERSION == 0xD000_E700);
@@ -223,6 +239,8 @@ const _: () = assert!(IOC_REMOVE == 0xD000_E702);
 const _: () = assert!(IOC_STATUS == 0xD000_E703);
 const _: () = assert!(IOC_LIST == 0xD000_E704);
 const _: () = assert!(IOC_TABLE == 0xD000_E705);
+const _: () = assert!(IOC_CONNECT == 0xD000_E706);
+const _: () = assert!(IOC_DISCONNECT == 0xD000_E707);
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -961,7 +979,14 @@ mod tests {
             assert_eq!(Cmd::from_request(cmd.request()), Some(*cmd));
             assert!(!cmd.as_str().is_empty());
         }
-        assert_eq!(Cmd::from_nr(6), None);
+        assert_eq!(Cmd::ALL.len(), 8);
+        assert_eq!(Cmd::from_nr(8), None);
+        assert_eq!(Cmd::Connect.request(), 0xD000_E706);
+        assert_eq!(Cmd::Disconnect.request(), 0xD000_E707);
+        assert_eq!(Cmd::Connect.as_str(), "CONNECT");
+        assert_eq!(Cmd::Disconnect.as_str(), "DISCONNECT");
+        assert!(Cmd::Connect.takes_name());
+        assert!(Cmd::Disconnect.takes_name());
         assert!(Cmd::Create.takes_name());
         assert!(!Cmd::List.takes_name());
         assert!(!Cmd::Version.takes_name());
@@ -975,7 +1000,7 @@ mod tests {
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 4095)), None); // size
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 8)), None);
         assert_eq!(Cmd::from_request(iowr(0xE6, 3, BUF_LEN)), None); // type
-        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 6, BUF_LEN)), None); // nr
+        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 8, BUF_LEN)), None); // nr
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 255, BUF_LEN)), None);
         assert_eq!(Cmd::from_request(0), None);
         assert_eq!(Cmd::from_request(u32::MAX), None);

@@ -98,8 +98,6 @@ pub enum TableError {
     BadPeer,
     /// Protocol is not `A`, `B` or `C`.
     BadProtocol,
-    /// The protocol is valid but not implemented (returned by the driver, not by [`parse`]).
-    ProtocolUnsupported,
     /// An option token is not `key=value`.
     BadOption,
     /// An option key is not known.
@@ -142,9 +140,6 @@ impl TableError {
                 "bad peer address: expected IPv4:PORT with port 1-65535, e.g. 10.0.0.2:7788"
             }
             TableError::BadProtocol => "bad protocol: expected A, B or C",
-            TableError::ProtocolUnsupported => {
-                "protocol A and B are not supported yet: use protocol C"
-            }
             TableError::BadOption => "bad option: expected key=value",
             TableError::UnknownOption => {
                 "unknown option: expected inline_max, node_id, ping_interval, timeout, probation, connect_retry, outage_max or meta"
@@ -205,11 +200,11 @@ impl Role {
 /// Replication protocol, named as in DRBD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
-    /// Asynchronous: a write completes once written locally and queued for the peer.
+    /// Asynchronous: a write completes once written locally and sent to the peer.
     A,
     /// Memory-synchronous: completes once the peer has received the data.
     B,
-    /// Synchronous: completes once the peer has written the data (the only one implemented).
+    /// Synchronous: completes once the peer has written the data to stable storage.
     C,
 }
 
@@ -871,7 +866,6 @@ mod tests {
             BadLocal,
             BadPeer,
             BadProtocol,
-            ProtocolUnsupported,
             BadOption,
             UnknownOption,
             DuplicateOption,

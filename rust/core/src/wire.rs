@@ -607,6 +607,11 @@ pub struct Handshake {
     pub role: Role,
     /// The socket this handshake opens.
     pub channel: Channel,
+    /// The replication protocol the sender's table names: 1 = A, 2 = B, 3 = C (as
+    /// `state::protocol::Protocol::as_u8`), or 0 from a sender that does not state it (read
+    /// as C). Both sides of a connection must name the same one: it decides which acks the
+    /// secondary sends.
+    pub replication: u8,
 }
 
 /// What two handshakes agree on.
@@ -989,7 +994,7 @@ impl<'a> Message<'a> {
     pub fn validate(&self, lim: &Limits) -> Result<(), DecodeError> {
         match self {
             Message::Handshake(h) => {
-                if h.proto_min == 0 || h.proto_min > h.proto_max {
+                if h.proto_min == 0 || h.proto_min > h.proto_max || h.replication > 3 {
                     return Err(DecodeError::BadField);
                 }
                 if h.dev_sectors == 0 {
@@ -1093,7 +1098,8 @@ impl<'a> Message<'a> {
                 put_u32(&mut h, A + 4, hs.features); //     12: u32 features
                 put_u64(&mut h, E, hs.dev_sectors); //      16: u64 dev_sectors
                 put_u32(&mut h, E + 8, hs.region_size); //  24: u32 region_size
-                put_u8(&mut h, E + 12, hs.channel.to_wire()); // 28: u8 channel, 29..32 reserved
+                put_u8(&mut h, E + 12, hs.channel.to_wire()); // 28: u8 channel
+                put_u8(&mut h, E + 13, hs.replication); //   29: u8 replication, 30..32 reserved
                 put_u64(&mut h, E + 16, hs.uuids.current); // 32: u64 current uuid
                 put_u64(&mut h, E + 24, hs.uuids.bitmap); //  40: u64 bitmap uuid
                 put_u64(&mut h, E + 32, hs.uuids.history[0]); // 48: u64 history[0]
@@ -1355,8 +1361,9 @@ pub fn decode_parts<'a>(
     const E: usize = off::EXT;
     let msg = match cmd {
         Command::Handshake => {
-            reserved(h, E + 13, E + 16)?; // 29..32 reserved
+            reserved(h, E + 14, E + 16)?; // 30..32 reserved
             Message::Handshake(Handshake {
+                replication: get_u8(h, E + 13)?,
                 channel: Channel::from_wire(get_u8(h, E + 12)?).ok_or(DecodeError::BadField)?,
                 proto_min: get_u8(h, A)?,
                 proto_max: get_u8(h, A + 1)?,

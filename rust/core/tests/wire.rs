@@ -150,9 +150,20 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
         any::<[u64; 4]>(),
         prop_oneof![Just(Role::Primary), Just(Role::Secondary)],
         prop_oneof![Just(Channel::Data), Just(Channel::Meta)],
+        0u8..=3,
     )
         .prop_map(
-            |((proto_min, proto_max), features, node_id, dev_sectors, shift, u, role, channel)| {
+            |(
+                (proto_min, proto_max),
+                features,
+                node_id,
+                dev_sectors,
+                shift,
+                u,
+                role,
+                channel,
+                replication,
+            )| {
                 Handshake {
                     proto_min,
                     proto_max,
@@ -167,6 +178,7 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
                     },
                     role,
                     channel,
+                    replication,
                 }
             },
         )
@@ -483,7 +495,7 @@ fn golden_bytes() {
         &[0x52, 0x4d, 0x01, 0x01, 48, 0, 0, 0, 1, 1, 2, 2, 1, 0, 0, 0]
     );
     assert_eq!(&hs[16..24], &wire_samples::DEV_SECTORS.to_le_bytes());
-    assert_eq!(&hs[24..32], &[0, 0x10, 0, 0, 1, 0, 0, 0]); // region size, channel meta
+    assert_eq!(&hs[24..32], &[0, 0x10, 0, 0, 1, 2, 0, 0]); // region size, channel meta, protocol B
     assert_eq!(&hs[32..40], &0x1111u64.to_le_bytes());
     assert_eq!(&hs[56..64], &0x4444u64.to_le_bytes());
 
@@ -645,7 +657,9 @@ fn field_errors() {
     assert_eq!(bad(patched(&f[5], 13, &[1])), Err(DecodeError::BadField)); // ack
     assert_eq!(bad(patched(&f[4], 14, &[1])), Err(DecodeError::BadField)); // write data
     assert_eq!(bad(patched(&f[4], 28, &[1])), Err(DecodeError::BadField));
-    assert_eq!(bad(patched(&f[0], 29, &[1])), Err(DecodeError::BadField)); // handshake
+    assert_eq!(bad(patched(&f[0], 30, &[1])), Err(DecodeError::BadField)); // handshake
+    assert_eq!(bad(patched(&f[0], 29, &[4])), Err(DecodeError::BadField)); // replication protocol
+    assert!(bad(patched(&f[0], 29, &[0])).is_ok()); // not stated: C
     assert_eq!(bad(patched(&f[0], 28, &[2])), Err(DecodeError::BadField)); // unknown channel
     assert_eq!(bad(patched(&f[10], 12, &[1])), Err(DecodeError::BadField)); // ping
     assert_eq!(bad(patched(&f[17], 15, &[1])), Err(DecodeError::BadField)); // disconnect

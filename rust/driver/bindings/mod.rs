@@ -44,6 +44,11 @@ pub(crate) mod errno {
     pub(crate) fn eopnotsupp() -> Error {
         e(bindings::EOPNOTSUPP)
     }
+    /// `EALREADY`: the operation is in progress already (connecting a device that is not
+    /// standalone).
+    pub(crate) fn ealready() -> Error {
+        e(bindings::EALREADY)
+    }
 }
 
 /// Runs `f` in a `memalloc_noio` scope: allocations inside behave as GFP_NOIO, so the I/O

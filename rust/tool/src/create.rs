@@ -120,7 +120,7 @@ pub enum ProtocolArg {
     /// Memory-synchronous
     #[value(name = "B")]
     B,
-    /// Synchronous (the only one implemented)
+    /// Synchronous
     #[value(name = "C")]
     C,
 }

@@ -100,8 +100,8 @@ mod tests {
             "rmirrorctl: status nope: No such device or address (ENXIO)\n"
         );
         assert_eq!(
-            Failure::os(libc::ENOTTY).render("debug-ioctl", Some("0xd000e706")),
-            "rmirrorctl: debug-ioctl 0xd000e706: Inappropriate ioctl for device (ENOTTY)\n"
+            Failure::os(libc::ENOTTY).render("debug-ioctl", Some("0xd000e708")),
+            "rmirrorctl: debug-ioctl 0xd000e708: Inappropriate ioctl for device (ENOTTY)\n"
         );
         assert_eq!(
             Failure::os(libc::EPERM).render("list", None),

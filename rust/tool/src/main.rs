@@ -2,7 +2,8 @@
 //! rmirrorctl: create, remove and inspect rmirror replication devices through /dev/rmirror-control.
 //!
 //! Verbs follow dmsetup (`create`, `remove`, `status`, `table`, `list`, `version`), plus DRBD's
-//! `create-md` and `dump-md` for on-disk metadata (no kernel involved); output formats follow
+//! `connect` and `disconnect`, and `create-md` and `dump-md` for on-disk metadata (no kernel
+//! involved); output formats follow
 //! nvme-cli (`-o normal|json`). Errors are printed as
 //! `rmirrorctl: <verb> <name>: <strerror> (<ERRNO>)` with exit status 1; usage errors exit 2.
 
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rmirror_core::abi::{self, Cmd};
-use rmirror_core::table::{self, Protocol};
+use rmirror_core::table;
 
 use control::Control;
 use create::CreateArgs;
@@ -74,6 +75,27 @@ pub enum Command {
         name: String,
     },
 
+    /// Make device NAME standalone: close its connection, stop connecting or accepting
+    #[command(
+        after_help = "On a primary, writes go on locally and are marked out of sync (resynced \
+        after `connect`); queued outage writes go to the bitmap. Disconnecting a standalone device \
+        does nothing and succeeds."
+    )]
+    Disconnect {
+        /// Device name
+        name: String,
+    },
+
+    /// Let standalone device NAME connect to (primary) or accept (secondary) its peer again
+    #[command(
+        after_help = "Fails with EALREADY unless NAME is standalone (after `disconnect`, or \
+        after a handshake refused a split brain, unrelated data or another protocol)."
+    )]
+    Connect {
+        /// Device name
+        name: String,
+    },
+
     /// Show the status of device NAME, or of all devices
     Status {
         /// Device name [default: all devices]
@@ -123,6 +145,8 @@ impl Command {
             Command::CreateMd(a) => ("create-md", Some(a.backing.display().to_string())),
             Command::DumpMd(a) => ("dump-md", Some(a.backing.display().to_string())),
             Command::Remove { name } => ("remove", Some(name.clone())),
+            Command::Connect { name } => ("connect", Some(name.clone())),
+            Command::Disconnect { name } => ("disconnect", Some(name.clone())),
             Command::Status { name, .. } => ("status", name.clone()),
             Command::List { .. } => ("list", None),
             Command::Table { name } => ("table", name.clone()),
@@ -170,9 +194,6 @@ fn explain(f: Failure, cmd: Cmd, name: &str, data: &str) -> Failure {
             } else {
                 match table::parse(data) {
                     Err(e) => f.hint(format!("table: {e}")),
-                    Ok(t) if t.protocol != Protocol::C => {
-                        f.hint(format!("table: {}", table::TableError::ProtocolUnsupported))
-                    }
                     Ok(_) => f.hint("see the kernel log (dmesg) for the reason"),
                 }
             }
@@ -194,6 +215,9 @@ fn explain(f: Failure, cmd: Cmd, name: &str, data: &str) -> Failure {
         }
         (_, libc::ENXIO) => f.hint(format!("no rmirror device named {name}")),
         (Cmd::Remove, libc::EBUSY) => f.hint(format!("{name} is open or mounted")),
+        (Cmd::Connect, libc::EALREADY) => f.hint(format!(
+            "{name} is not standalone: it is already connecting or connected"
+        )),
         (_, libc::EINVAL) if cmd.takes_name() => match abi::validate_name(name.as_bytes()) {
             Err(e) => f.hint(format!("name: {e}")),
             Ok(_) => f,
@@ -253,6 +277,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::DumpMd(args) => out(&md::dump_md(args)?),
         Command::Remove { name } => {
             call(&open(cli)?, Cmd::Remove, name, "")?;
+        }
+        Command::Connect { name } => {
+            call(&open(cli)?, Cmd::Connect, name, "")?;
+        }
+        Command::Disconnect { name } => {
+            call(&open(cli)?, Cmd::Disconnect, name, "")?;
         }
         Command::Status { name, output } => {
             let ctl = open(cli)?;
@@ -477,6 +507,20 @@ mod tests {
             parse(&["version"]).unwrap().command,
             Command::Version
         ));
+        let c = parse(&["connect", "r0"]).unwrap();
+        assert!(matches!(&c.command, Command::Connect { name } if name == "r0"));
+        assert_eq!(c.command.label(), ("connect", Some("r0".into())));
+        let c = parse(&["disconnect", "r1"]).unwrap();
+        assert!(matches!(&c.command, Command::Disconnect { name } if name == "r1"));
+        assert_eq!(c.command.label(), ("disconnect", Some("r1".into())));
+        for bad in [
+            &["connect"][..],
+            &["disconnect"],
+            &["connect", "r0", "r1"],
+            &["disconnect", "r0", "--force"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
         let c = parse(&["debug-ioctl", "0x06", "--size", "8", "--type", "0xE6"]).unwrap();
         assert_eq!(
             c.command.label(),
@@ -612,10 +656,7 @@ mod tests {
             "r0",
             &line.replace(" X", " A"),
         );
-        assert_eq!(
-            f.hints,
-            ["table: protocol A and B are not supported yet: use protocol C"]
-        );
+        assert_eq!(f.hints, ["see the kernel log (dmesg) for the reason"]);
         let md_line = "0 8 rmirror /dev/vdb primary 10.0.0.1:1 10.0.0.2:1 C meta=/dev/vdc";
         let f = explain(Failure::os(libc::EBADMSG), Cmd::Create, "r0", md_line);
         assert_eq!(
@@ -648,6 +689,30 @@ mod tests {
         let f = explain(Failure::os(libc::EINVAL), Cmd::Status, "", "");
         assert_eq!(f.hints, ["name: empty device name"]);
         let f = explain(Failure::os(libc::EINVAL), Cmd::Status, "r0", "");
+        assert!(f.hints.is_empty());
+    }
+
+    #[test]
+    fn connect_disconnect_hints() {
+        let f = explain(Failure::os(libc::EALREADY), Cmd::Connect, "r0", "");
+        assert_eq!(
+            f.render("connect", Some("r0")),
+            "rmirrorctl: connect r0: Operation already in progress (EALREADY)\n\
+             rmirrorctl: connect r0: hint: r0 is not standalone: it is already connecting or connected\n"
+        );
+        for cmd in [Cmd::Connect, Cmd::Disconnect] {
+            let f = explain(Failure::os(libc::ENXIO), cmd, "r9", "");
+            assert_eq!(f.hints, ["no rmirror device named r9"]);
+            let f = explain(Failure::os(libc::EPERM), cmd, "r0", "");
+            assert_eq!(f.hints, ["rmirror control needs CAP_SYS_ADMIN"]);
+            let f = explain(Failure::os(libc::EINVAL), cmd, "a b", "");
+            assert_eq!(
+                f.hints,
+                ["name: device name may contain only A-Z a-z 0-9 _ . -"]
+            );
+        }
+        // Only connect has a reason to be EALREADY.
+        let f = explain(Failure::os(libc::EALREADY), Cmd::Disconnect, "r0", "");
         assert!(f.hints.is_empty());
     }
 

@@ -8,6 +8,7 @@
 //! - [`conn`]: connection with two-way heartbeats, outage and probation.
 //! - [`outage`]: in-order queue of writes kept during a short outage.
 //! - [`protocol`]: per-request completion under protocols A, B and C.
+//! - [`tlog`]: transfer log of protocols A and B (writes completed, not yet durable).
 //! - [`resync`]: sync direction from generation UUIDs; resync rate control.
 //! - [`cp`]: consistency points and their block-in-use maps.
 //! - [`device`]: roles and disk states, with validators of requested transitions.
@@ -18,3 +19,4 @@ pub mod device;
 pub mod outage;
 pub mod protocol;
 pub mod resync;
+pub mod tlog;

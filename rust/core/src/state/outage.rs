@@ -211,8 +211,13 @@ impl<S: DerefMut<Target = [Entry]>> Queue<S> {
         }
         let i = self.slot(off as usize);
         self.slots[i].acked = true;
+        Ok(self.release_sent(|e| e.acked, &mut release))
+    }
+
+    /// Releases in-flight entries from the head while `done` says so; returns how many.
+    fn release_sent(&mut self, done: impl Fn(&Entry) -> bool, release: &mut impl FnMut(Entry)) -> usize {
         let mut n = 0;
-        while self.sent > 0 && self.slots[self.head].acked {
+        while self.sent > 0 && done(&self.slots[self.head]) {
             let e = self.slots[self.head];
             self.head = (self.head + 1) % self.slots.len();
             self.len -= 1;
@@ -221,7 +226,22 @@ impl<S: DerefMut<Target = [Entry]>> Queue<S> {
             n += 1;
             release(e);
         }
-        Ok(n)
+        n
+    }
+
+    /// Queue sequence number of the newest entry sent, if any is in flight: what a barrier
+    /// sent now covers.
+    pub fn last_sent(&self) -> Option<u64> {
+        let k = self.sent.checked_sub(1)?;
+        let i = (self.head + k).checked_rem(self.slots.len())?;
+        self.slots.get(i).map(|e| e.seq)
+    }
+
+    /// The peer made every entry up to `seq` durable at once (the barrier ack of protocols A
+    /// and B, which send no per-write durable ack): releases the in-flight entries up to and
+    /// including `seq`, oldest first, passing each to `release`. Returns how many.
+    pub fn ack_through(&mut self, seq: u64, mut release: impl FnMut(Entry)) -> usize {
+        self.release_sent(|e| e.seq <= seq, &mut release)
     }
 
     /// The connection broke during replay: everything in flight will be sent again, in
@@ -281,6 +301,36 @@ impl<S: DerefMut<Target = [Entry]>> Iterator for Drain<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn barrier_ack_releases_what_was_sent_before_it() {
+        let mut st = [Entry::EMPTY; 4];
+        let mut q = Queue::new(&mut st[..], 1 << 20);
+        for i in 0..4 {
+            assert_eq!(q.push(Entry::new(i * 8, 4096, i as u32)), Push::Queued(i));
+        }
+        assert_eq!(q.last_sent(), None);
+        q.mark_sent().unwrap();
+        q.mark_sent().unwrap();
+        q.mark_sent().unwrap();
+        let upto = q.last_sent().unwrap();
+        assert_eq!(upto, 2);
+        // One entry acked on its own first (protocol C style): still released once.
+        assert_eq!(q.ack(1, |_| {}), Ok(0));
+        let mut freed = [u32::MAX; 4];
+        let mut nf = 0;
+        assert_eq!(q.ack_through(upto, |e| { freed[nf] = e.tag; nf += 1 }), 3);
+        assert_eq!(&freed[..3], &[0, 1, 2]);
+        assert_eq!((q.len(), q.in_flight(), q.bytes()), (1, 0, 4096));
+        // Nothing in flight: a repeated or stale barrier ack releases nothing, even the
+        // queued entry with a lower bound than its sequence number.
+        assert_eq!(q.ack_through(upto, |_| {}), 0);
+        assert_eq!(q.ack_through(u64::MAX, |_| {}), 0, "unsent entries stay");
+        q.mark_sent().unwrap();
+        assert_eq!(q.last_sent(), Some(3));
+        assert_eq!(q.ack_through(3, |_| {}), 1);
+        assert!(q.is_empty());
+    }
 
     #[test]
     fn fifo_replay_and_ack() {

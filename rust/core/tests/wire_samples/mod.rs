@@ -31,6 +31,7 @@ pub fn handshake() -> Handshake {
         },
         role: Role::Secondary,
         channel: Channel::Meta,
+        replication: 2,
     }
 }
 
