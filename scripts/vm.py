@@ -441,9 +441,21 @@ class Vm:
         has reached the console log file (so every earlier kernel message has too), at most 20 s."""
         self.run(f"echo {shquote(text)} > /dev/kmsg", 20)
         if wait:
-            deadline = time.monotonic() + 20
-            while text not in self.dmesg()[-65536:] and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self.wait_console(text)
+
+    def wait_console(self, text, timeout=20):
+        """Wait (at most `timeout` s) until `text` is in the last 64 KiB of the console log file."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(self.console, "rb") as f:
+                    f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+                    if text.encode() in f.read():
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
 
     # ---- kernel log --------------------------------------------------------------------------------
     def dmesg(self):
@@ -463,11 +475,15 @@ class Vm:
 
     def log_problems(self, start=0):
         """(offset after the scanned text, [offending lines]) for the console log from byte `start`."""
-        text = self.dmesg()
-        data = text.encode()
-        chunk = data[start:].decode(errors="replace")
+        try:
+            with open(self.console, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except OSError:
+            data = b""
+        chunk = data.decode(errors="replace")
         bad = [ln for ln in chunk.splitlines() if log_problem(ln, self.ignored)]
-        return len(data), bad
+        return start + len(data), bad
 
     def new_log_problems(self):
         """Problems logged since the previous call (each reported once)."""

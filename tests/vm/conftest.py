@@ -128,35 +128,68 @@ def pair(request, _shared_pairs):
 @pytest.fixture
 def clean_pair(pair):
     """Each test starts from, and leaves, unloaded modules and nothing mounted (modules opt in with
-    `pytestmark = pytest.mark.usefixtures("clean_pair")`). The reset after a test (which fails the test
-    if the module cannot be unloaded) is what the next one starts from, so the reset before it runs only
-    when that one did not complete (and once per pair): each reset costs ~1.6 s of TCG time."""
+    `pytestmark = pytest.mark.usefixtures("clean_pair")`). The reset after a test is done by _log_check,
+    in the same guest command as its end marker, and fails the test if the module cannot be unloaded; it
+    is what the next test starts from, so the reset before a test runs only when that one did not
+    complete (or the pair is new to the module)."""
     from helpers import reset_pair
     if not getattr(pair, "clean", False):
         reset_pair(pair)
     pair.clean = False
     yield
-    reset_pair(pair)
-    pair.clean = True
+
+
+def pytest_runtest_protocol(item, nextitem):
+    """Remember the next test, whose start marker the teardown of this one writes (see _log_check)."""
+    item.rmirror_next = nextitem
+
+
+def _start_marker(nodeid):
+    return f"rmirror-test: start {nodeid}"
 
 
 @pytest.fixture(autouse=True)
 def _log_check(request):
     """Mark each test's start and end in the guests' kernel logs and fail the test (at teardown) if a
-    guest logged BUG:/WARNING:/Oops/... while it ran."""
+    guest logged BUG:/WARNING:/Oops/... while it ran (the reset after it included).
+
+    Every guest command costs an agent round trip (~0.2 s under TCG), so the teardown is one command per
+    guest: the clean_pair reset (if the test uses it), the end marker, and the start marker of the next
+    test of the same module, which then skips its own."""
     if "pair" not in request.fixturenames:
         yield
         return
+    from helpers import RESET
     p = request.getfixturevalue("pair")
+    node = request.node
     broken = [f"{vm.name} ({vm.broken})" for vm in p.vms.values() if vm.broken]
     if broken:
         # an earlier test hung or crashed a guest (and failed for it): carry on with a fresh pair
-        vmlib.log(f"guest(s) {', '.join(broken)} unusable: rebooting the pair for {request.node.nodeid}")
+        vmlib.log(f"guest(s) {', '.join(broken)} unusable: rebooting the pair for {node.nodeid}")
         p.restart()
-    p.each(lambda vm: vm.kmsg(f"rmirror-test: start {request.node.nodeid}"))
+        p.started = None
+    if getattr(p, "started", None) != node.nodeid:
+        p.each(lambda vm: vm.kmsg(_start_marker(node.nodeid)))
+    p.started = None
     yield
-    p.each(lambda vm: vm.broken or vm.kmsg(f"rmirror-test: end {request.node.nodeid}", wait=True))
+    reset = "clean_pair" in request.fixturenames
+    nxt = getattr(node, "rmirror_next", None)
+    nxt = nxt if nxt is not None and nxt.module is node.module and "pair" in nxt.fixturenames else None
+    end = f"rmirror-test: end {node.nodeid}"
+    script = (f"( {RESET} ) > /tmp/reset.out 2>&1; rc=$?; cat /tmp/reset.out\n" if reset else "rc=0\n")
+    script += f"echo {vmlib.shquote(end)} > /dev/kmsg\n"
+    if nxt is not None:
+        script += f"[ $rc = 0 ] && echo {vmlib.shquote(_start_marker(nxt.nodeid))} > /dev/kmsg\n"
+    script += "exit $rc\n"
+    res = p.each(lambda vm: None if vm.broken else vm.run(script, 120))
+    p.each(lambda vm: vm.broken or vm.wait_console(end))
     p.check_logs()
+    failed = {name: r[1] for name, r in res.items() if r is not None and r[0] != 0}
+    assert not failed, f"cleanup failed (rmmod rmirror with a device still in use?): {failed}"
+    if reset:
+        p.clean = True
+    if nxt is not None:
+        p.started = nxt.nodeid
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -39,14 +39,19 @@ def load(vm):
     vm.ok("test -c /dev/rmirror-control")
 
 
+# Each step runs only when there is something to undo (checked with shell builtins: every exec costs
+# ~50 ms under TCG, and this runs after every test).
 RESET = """
-for m in /mnt/a /mnt/b; do umount $m 2>/dev/null; done
+while read -r _ m _; do case $m in /mnt/a|/mnt/b) umount $m ;; esac; done < /proc/mounts
 iptables -F 2>/dev/null; tc qdisc del dev eth0 root 2>/dev/null
 for f in /sys/kernel/debug/fail*/probability; do echo 0 > $f; done 2>/dev/null
-if grep -q '^rmirror ' /proc/modules; then rmmod rmirror || exit 1; fi
-dmsetup remove_all 2>/dev/null
-for l in /dev/loop[0-9]*; do losetup -d $l 2>/dev/null; done; rm -f /tmp/loop*.img
-! grep -q '^rmirror ' /proc/modules
+loaded=; while read -r n _; do [ "$n" = rmirror ] && loaded=1; done < /proc/modules
+[ -n "$loaded" ] && { rmmod rmirror || exit 1; }
+for d in /sys/block/dm-*; do [ -e "$d" ] && { dmsetup remove_all; break; }; done
+for l in /sys/block/loop*/loop/backing_file; do [ -e "$l" ] && { d=${l#/sys/block/}; losetup -d /dev/${d%%/*}; }; done 2>/dev/null
+for f in /tmp/loop*.img; do [ -e "$f" ] && rm -f /tmp/loop*.img; break; done
+while read -r n _; do [ "$n" = rmirror ] && exit 1; done < /proc/modules
+exit 0
 """
 
 

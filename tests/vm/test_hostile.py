@@ -82,8 +82,8 @@ def send_as_primary(pair, frames):
     for name, blob in (("frames", frames), ("meta", handshake(S, channel=1))):
         a.ok(f"echo {base64.b64encode(blob).decode()} | base64 -d > /tmp/{name}")
     # Keep both sockets open a little after sending so beta reads everything we sent.
-    a.run(f"(cat /tmp/frames; sleep 2) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/reply & sleep 0.5; "
-          f"(cat /tmp/meta; sleep 1.5) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/meta_reply; wait", timeout=30)
+    a.run(f"(cat /tmp/frames; sleep 1.5) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/reply & sleep 0.5; "
+          f"(cat /tmp/meta; sleep 1.2) | timeout 10 nc 10.99.0.2 {PORT} > /tmp/meta_reply; wait", timeout=30)
     b.ok("for i in $(seq 1 50); do dmesg | grep -Eq 'connection lost|refused a connection' && exit 0; "
          "sleep 0.1; done; exit 1")
     return b.ok("dmesg | grep 'rmirror: r0'"), a.ok("od -An -v -tx1 /tmp/meta_reply | tr -d ' \\n'")

@@ -47,7 +47,7 @@ def test_no_leaks_after_create_io_remove_cycles(pair):
     for vm in (a, b):
         load(vm)
         vm.ok(f"echo clear > {KMEMLEAK_FILE}")
-    for i in range(3):
+    for i in range(2):
         connect_pair(pair)
         a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=64 oflag=direct 2>/dev/null && "
              "dd if=/dev/urandom of=/dev/rmirror0 bs=128k count=16 oflag=direct 2>/dev/null && "

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from helpers import (CTL, ERR_RE, IP, PORT, S, connect_pair, create, exclusive_open, fault_attr,
-                     fault_attr_read, load, loaded, md5_dev, q, remove, starved, status, table)
+                     fault_attr_read, load, loaded, md5_dev, q, remove, reset_pair, starved, status, table)
 
 pytestmark = pytest.mark.usefixtures("clean_pair")
 
@@ -33,10 +33,12 @@ NOPEER_PORT = PORT + 2
 
 @pytest.fixture(autouse=True)
 def _backing_released(pair):
-    """After every test (and after clean_pair has unloaded the module), /dev/vdb must be free for an
-    exclusive open on both guests. A leaked claim would make every later create on vdb fail with EBUSY,
-    so the guest is then marked unusable and the next test gets a fresh pair."""
+    """After every test, once the module is unloaded (the reset here; the harness's reset after the test
+    then finds nothing to undo), /dev/vdb must be free for an exclusive open on both guests. A leaked claim
+    would make every later create on vdb fail with EBUSY, so the guest is then marked unusable and the next
+    test gets a fresh pair."""
     yield
+    reset_pair(pair)
     bad = []
     for vm in (pair.alpha, pair.beta):
         if vm.broken:
@@ -233,10 +235,10 @@ def test_create_remove_races_thread_start(pair):
     a, b = pair.alpha, pair.beta
     pair.each(load)
     for line in (primary_line(a, peer_port=NOPEER_PORT), table(a, "secondary")):
-        rc, out = a.run(starved(LOOP.format(n=6, ctl=CTL, line=line)), 300)
-        assert rc == 0 and out.strip() == "ok 6", f"alpha: {line}: {out}"
-    scripts = {"alpha": starved(LOOP.format(n=6, ctl=CTL, line=table(a, "primary"))),
-               "beta": LOOP.format(n=12, ctl=CTL, line=table(b, "secondary"))}
+        rc, out = a.run(starved(LOOP.format(n=4, ctl=CTL, line=line)), 300)
+        assert rc == 0 and out.strip() == "ok 4", f"alpha: {line}: {out}"
+    scripts = {"alpha": starved(LOOP.format(n=4, ctl=CTL, line=table(a, "primary"))),
+               "beta": LOOP.format(n=8, ctl=CTL, line=table(b, "secondary"))}
     outs = pair.each(lambda vm: vm.run(scripts[vm.name], 300))
     for name, (rc, out) in outs.items():
         assert rc == 0 and out.strip().startswith("ok "), f"{name}: concurrent create/remove loop: {out}"
@@ -407,7 +409,7 @@ def test_overlapping_writes_keep_disks_identical(pair):
                                "oflag=direct 2>/dev/null"))
     connect_pair(pair)
     for rnd in range(3):
-        out = a.ok(CLASH.format(runtime=12), timeout=180)
+        out = a.ok(CLASH.format(runtime=8), timeout=180)
         fields = out.strip().splitlines()[-1].split(";")
         assert fields[4] == "0", f"round {rnd}: fio error {fields[4]}: {out}"
         st = status(a)
