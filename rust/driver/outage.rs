@@ -160,10 +160,7 @@ impl OutageQueue {
         for e in self.q.drain() {
             mark(e.sector, e.len);
             n += 1;
-            if let Some(h) = self.held.get_mut(e.tag as usize) {
-                *h = None;
-            }
-            let _ = self.free.push_within_capacity(e.tag);
+            release(&mut self.held, &mut self.free, e.tag);
         }
         if n > 0 {
             self.overflows += 1;
@@ -204,9 +201,7 @@ impl OutageQueue {
     /// The peer acked the write with wire sequence number `wire_seq` (`ok`: durable). Returns
     /// false if no replayed entry in flight has that number.
     pub(crate) fn ack(&mut self, wire_seq: u32, ok: bool, mut mark: impl FnMut(u64, u32)) -> bool {
-        let Some((qseq, sector, len)) =
-            self.held.iter().flatten().find(|h| h.sent && h.wire_seq == wire_seq).map(|h| (h.qseq, h.sector, h.len))
-        else {
+        let Some((qseq, sector, len)) = self.in_flight(wire_seq).map(|h| (h.qseq, h.sector, h.len)) else {
             return false;
         };
         if !ok {
@@ -214,18 +209,17 @@ impl OutageQueue {
             mark(sector, len);
         }
         let (held, free) = (&mut self.held, &mut self.free);
-        let r = self.q.ack(qseq, |e| {
-            if let Some(h) = held.get_mut(e.tag as usize) {
-                *h = None;
-            }
-            let _ = free.push_within_capacity(e.tag);
-        });
-        r.is_ok()
+        self.q.ack(qseq, |e| release(held, free, e.tag)).is_ok()
+    }
+
+    /// The replayed entry in flight with wire sequence number `wire_seq`, if any.
+    fn in_flight(&self, wire_seq: u32) -> Option<&Held> {
+        self.held.iter().flatten().find(|h| h.sent && h.wire_seq == wire_seq)
     }
 
     /// Whether a replayed write with wire sequence number `wire_seq` is in flight.
     pub(crate) fn is_sent(&self, wire_seq: u32) -> bool {
-        self.held.iter().flatten().any(|h| h.sent && h.wire_seq == wire_seq)
+        self.in_flight(wire_seq).is_some()
     }
 
     /// Queue sequence number of the newest entry sent (what a barrier sent now covers).
@@ -237,12 +231,7 @@ impl OutageQueue {
     /// `upto` durable at the peer. Returns how many entries left the queue.
     pub(crate) fn ack_through(&mut self, upto: u64) -> usize {
         let (held, free) = (&mut self.held, &mut self.free);
-        self.q.ack_through(upto, |e| {
-            if let Some(h) = held.get_mut(e.tag as usize) {
-                *h = None;
-            }
-            let _ = free.push_within_capacity(e.tag);
-        })
+        self.q.ack_through(upto, |e| release(held, free, e.tag))
     }
 
     /// The connection broke during a replay: what was in flight is sent again, in order.
@@ -252,6 +241,14 @@ impl OutageQueue {
             h.sent = false;
         }
     }
+}
+
+/// An entry left the queue: its data is dropped and its tag is free again.
+fn release(held: &mut KVec<Option<Held>>, free: &mut KVec<u32>, tag: u32) {
+    if let Some(h) = held.get_mut(tag as usize) {
+        *h = None;
+    }
+    let _ = free.push_within_capacity(tag);
 }
 
 impl Conn {
