@@ -20,7 +20,7 @@
 
 use crate::bindings::net::Socket;
 use crate::bindings::thread::sleep_ms;
-use crate::device::{Addr, CState, Device, Queues, Role, MAX_IO_SECTORS};
+use crate::device::{Addr, CState, Device, PeerBitmap, Queues, Role, MAX_IO_SECTORS};
 use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, feature, Channel, Handshake, Limits, Message};
 use crate::transport::{max_frame, recv_msg, send_msg, tcp::Tcp, RecvError, Transport};
@@ -87,8 +87,9 @@ impl Device {
 
     /// The meta socket completes connection `generation`: heartbeats start, and replication
     /// starts at once, or after probation when this connection ends an outage.
-    fn complete(&self, generation: u64, meta: Arc<dyn Transport>, small_writes: bool) -> core::result::Result<(), &'static str> {
+    fn complete(&self, generation: u64, meta: Arc<dyn Transport>, features: u32) -> core::result::Result<(), &'static str> {
         let now = self.now_ms();
+        let small_writes = features & feature::SMALL_WRITE != 0;
         let (state, probation) = {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() || c.meta.is_some() {
@@ -97,6 +98,11 @@ impl Device {
             c.sm.on_handshake_ok(now).map_err(|_| "the handshake timed out")?;
             c.meta = Some(meta);
             c.small_writes = small_writes;
+            c.peer_bitmap = if self.role() == Role::Primary && features & feature::PEER_BITMAP != 0 {
+                PeerBitmap::Awaited
+            } else {
+                PeerBitmap::NotExpected
+            };
             (c.sm.state(), c.sm.config().probation_ms)
         };
         self.stats.connects.fetch_add(1, Relaxed);
@@ -122,12 +128,13 @@ impl Device {
             dev_sectors: self.cfg.sectors,
             region_size: REGION_SIZE,
             uuids: self.wire_uuids(),
-            role: match self.cfg.role {
+            role: match self.role() {
                 Role::Primary => wire::Role::Primary,
                 Role::Secondary => wire::Role::Secondary,
             },
             channel,
             replication: self.cfg.protocol.as_u8(),
+            flags: if self.conn.lock().discard_my_data { wire::hs_flags::DISCARD_MY_DATA } else { 0 },
         }
     }
 
@@ -142,17 +149,17 @@ impl Device {
         }
     }
 
-    /// Checks that the peer's handshake fits ours; returns whether small writes are on.
-    fn check_peer(&self, peer: &Handshake) -> core::result::Result<bool, &'static str> {
+    /// Checks that the peer's handshake fits ours; returns the features both sides have.
+    fn check_peer(&self, peer: &Handshake) -> core::result::Result<u32, &'static str> {
         let ours = self.our_handshake(peer.channel);
         let neg = ours.negotiate(peer).ok_or("no common protocol version")?;
         if peer.role == ours.role {
             return Err("the peer has the same role");
         }
-        match self.cfg.role {
+        match self.role() {
             Role::Primary if peer.dev_sectors < self.cfg.sectors => Err("the peer's device is smaller than ours"),
             Role::Secondary if peer.dev_sectors > self.cfg.sectors => Err("the peer's device is larger than ours"),
-            _ => Ok(neg.features & feature::SMALL_WRITE != 0),
+            _ => Ok(neg.features),
         }
     }
 
@@ -211,7 +218,8 @@ impl Device {
             self.go_standalone();
             return Err(fail(why));
         }
-        if let Err((why, standalone)) = self.check_uuids(&peer.uuids) {
+        let peer_discards = peer.flags & wire::hs_flags::DISCARD_MY_DATA != 0;
+        if let Err((why, standalone)) = self.check_uuids(&peer.uuids, peer_discards) {
             if standalone {
                 self.go_standalone();
             }
@@ -241,7 +249,7 @@ impl Device {
 
     /// Stops connecting until the user says `rmirrorctl connect` (split brain, unrelated data,
     /// ...).
-    fn go_standalone(&self) {
+    pub(crate) fn go_standalone(&self) {
         let now = self.now_ms();
         let _ = self.conn.lock().sm.on_disconnect(now);
         pr_warn!("{}: standalone: not connecting again until rmirrorctl connect {}\n", &*self.cfg.name,
@@ -257,21 +265,35 @@ impl Device {
         }
     }
 
-    /// `rmirrorctl connect`: a standalone device connects (primary) or accepts (secondary)
-    /// again; the handshake's checks run again. `EALREADY` if it is not standalone.
-    pub(crate) fn user_connect(&self) -> Result {
+    /// `rmirrorctl connect [--discard-my-data]`: a standalone device connects (primary) or
+    /// accepts (secondary) again; the handshake's checks run again. `EALREADY` if it is not
+    /// standalone. With `discard`, a split brain found by the next handshake is resolved by
+    /// making this side the sync target (only a secondary may ask: `EINVAL` on a primary).
+    pub(crate) fn user_connect(&self, discard: bool) -> Result {
         let now = self.now_ms();
+        if discard && self.role() == Role::Primary {
+            pr_err!("{}: connect: a primary never discards its data (rmirrorctl secondary {} first)\n",
+                &*self.cfg.name, &*self.cfg.name);
+            return Err(EINVAL);
+        }
         let r = {
             let mut c = self.conn.lock();
             if c.stopping {
                 return Err(ENXIO);
             }
-            c.sm.on_connect(now).map_err(|_| c.sm.state())
+            let r = c.sm.on_connect(now).map_err(|_| c.sm.state());
+            if r.is_ok() {
+                c.discard_my_data = discard;
+            }
+            r
         };
+        if discard && r.is_ok() {
+            pr_warn!("{}: connect: a split brain will be resolved by discarding our data\n", &*self.cfg.name);
+        }
         match r {
             Ok(_) => {
                 self.link_changed.notify_all();
-                let what = match self.cfg.role {
+                let what = match self.role() {
                     Role::Primary => "connecting to",
                     Role::Secondary => "accepting",
                 };
@@ -352,6 +374,10 @@ pub(crate) fn primary_connect(dev: &Arc<Device>) {
 pub(crate) fn secondary_accept(l: &Arc<Listener>) {
     let dev = &l.dev;
     let Some(mut buf) = frame_buffer(dev, 0) else { return };
+    let Ok(mut rle) = KVVec::from_elem(0u8, crate::resync::RLE_CHUNK, GFP_KERNEL) else {
+        pr_err!("{}: no memory for the bitmap buffer\n", &*dev.cfg.name);
+        return;
+    };
     let mut refusal_logged = false;
     while !dev.stopping() {
         let sock = match l.sock.accept() {
@@ -387,7 +413,7 @@ pub(crate) fn secondary_accept(l: &Arc<Listener>) {
         refusal_logged = false;
         let Ok(tcp) = Tcp::new(sock) else { continue };
         let link: Arc<dyn Transport> = tcp;
-        if let Err(why) = accept_one(dev, link, &mut buf) {
+        if let Err(why) = accept_one(dev, link, &mut buf, &mut rle) {
             pr_warn!("{}: refused a connection from {}: {}\n", &*dev.cfg.name, Addr(dev.cfg.peer), why);
         }
     }
@@ -395,7 +421,8 @@ pub(crate) fn secondary_accept(l: &Arc<Listener>) {
 
 /// Handles one accepted socket: a data socket starts a new connection (replacing the old
 /// one), a meta socket completes the pending one.
-fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8]) -> core::result::Result<(), &'static str> {
+fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8], rle: &mut [u8])
+    -> core::result::Result<(), &'static str> {
     let peer = dev.recv_handshake(&*link, buf)?;
     let small = dev.check_peer(&peer)?;
     let stop = || dev.stopping();
@@ -411,16 +438,22 @@ fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8]) -> core::r
             let queues = Queues::new().map_err(|_| "out of memory")?;
             let generation = dev.attach(link.clone(), queues).ok_or("the device is stopping or standalone")?;
             // Our handshake goes out even when we refuse: the primary reaches the same verdict
-            // from it and stops trying.
+            // from it and stops trying. (Made before the verdict, which takes the one-shot
+            // discard-my-data flag the handshake must carry.)
+            let ours = dev.our_handshake(Channel::Data);
             let verdict = match dev.check_protocol(&peer) {
                 Err(why) => Err((why, true)),
-                Ok(()) => dev.check_uuids(&peer.uuids),
+                Ok(()) => dev.check_uuids(&peer.uuids, peer.flags & wire::hs_flags::DISCARD_MY_DATA != 0),
             };
-            if send_msg(&*link, &Message::Handshake(dev.our_handshake(Channel::Data)), &stop).is_err() {
+            if send_msg(&*link, &Message::Handshake(ours), &stop).is_err() {
                 dev.connection_lost(generation, "cannot send the handshake");
             }
             if let Err((why, _)) = verdict {
                 dev.connection_lost(generation, why);
+                if why == crate::uuids::SPLIT_BRAIN {
+                    // As DRBD: both sides stand alone until the user resolves it.
+                    dev.go_standalone();
+                }
             }
             Ok(())
         }
@@ -437,8 +470,13 @@ fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8]) -> core::r
                 dev.connection_lost(generation, "cannot send the meta handshake");
                 return Ok(());
             }
-            if let Err(why) = dev.complete(generation, link, small) {
+            if let Err(why) = dev.complete(generation, link.clone(), small) {
                 dev.connection_lost(generation, why);
+                return Ok(());
+            }
+            // Our bitmap goes to the primary, which ORs it into its own (see PEER_BITMAP).
+            if small & feature::PEER_BITMAP != 0 && dev.send_bitmap(&*link, generation, rle).is_err() {
+                dev.connection_lost(generation, "cannot send the bitmap");
             }
             Ok(())
         }

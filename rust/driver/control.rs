@@ -46,6 +46,16 @@ impl Registry {
             .ok_or(ENXIO)
     }
 
+    fn live_mut(&mut self, name: &[u8]) -> Result<&mut Entry> {
+        self.slots
+            .iter_mut()
+            .find_map(|s| match s {
+                Slot::Live(e) if e.dev.cfg.name.to_bytes() == name => Some(e),
+                _ => None,
+            })
+            .ok_or(ENXIO)
+    }
+
     fn taken(&self, name: &Name) -> bool {
         self.slots.iter().any(|s| match s {
             Slot::Live(e) => e.dev.cfg.name.to_bytes() == name.as_bytes(),
@@ -161,10 +171,23 @@ impl Control {
                 // writes and may write metadata); a removal meanwhile makes it ENXIO.
                 let dev = self.registry.lock().live(name.as_bytes())?.dev.clone();
                 if c == Cmd::Connect {
-                    dev.user_connect()?;
+                    let discard = match req.data_str().map_err(|e| bad(name.as_str(), e.as_str()))? {
+                        "" => false,
+                        "discard-my-data" => true,
+                        _ => return Err(bad(name.as_str(), "connect: the only option is discard-my-data")),
+                    };
+                    dev.user_connect(discard)?;
                 } else {
                     dev.user_disconnect()?;
                 }
+                reply(buf, 0, &|_| Ok(()))
+            }
+            (Cmd::Primary | Cmd::Secondary, Some(name)) => {
+                // Under the registry lock: the device is neither removed nor changed twice at once.
+                let mut reg = self.registry.lock();
+                let e = reg.live_mut(name.as_bytes())?;
+                e.set_role(if c == Cmd::Primary { table::Role::Primary } else { table::Role::Secondary })?;
+                drop(reg);
                 reply(buf, 0, &|_| Ok(()))
             }
             (Cmd::List, _) => {
@@ -271,7 +294,7 @@ impl Device {
         let s = &self.stats;
         w.field(status::NAME, &*self.cfg.name.to_str().unwrap_or("?"))?;
         w.field(status::MINOR, self.cfg.index)?;
-        w.field(status::ROLE, self.cfg.role.as_str())?;
+        w.field(status::ROLE, self.role().as_str())?;
         w.field(status::CSTATE, self.cstate().as_str())?;
         w.field(status::PEER, crate::device::Addr(self.cfg.peer))?;
         w.field(status::LOCAL, crate::device::Addr(self.cfg.local))?;

@@ -11,7 +11,7 @@ use crate::rcore::state::conn;
 use crate::rcore::state::tlog::{self, TransferLog};
 use crate::request::{PeerPart, Request};
 use crate::transport::Transport;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::str::CString;
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, Mutex};
@@ -99,6 +99,24 @@ pub(crate) struct Conn {
     pub(crate) stopping: bool,
     /// Writes kept during an outage, replayed in order after it (see `outage`).
     pub(crate) outq: crate::outage::OutageQueue,
+    /// Primary: the secondary's bitmap on this connection (`wire::feature::PEER_BITMAP`).
+    pub(crate) peer_bitmap: PeerBitmap,
+    /// `rmirrorctl connect --discard-my-data`: the next handshake's split brain is resolved by
+    /// making us the sync target (sent in the handshake; taken by the verdict).
+    pub(crate) discard_my_data: bool,
+}
+
+/// Primary: where the secondary's bitmap is on the current connection. The resync waits for
+/// it: it is ORed into ours before ours is sent (regions the secondary may hold differently,
+/// e.g. the extents of its activity log after it crashed as primary).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerBitmap {
+    /// The peer does not send one (an older peer), or we are the secondary.
+    NotExpected,
+    /// Negotiated, not complete yet.
+    Awaited,
+    /// Merged into ours.
+    Received,
 }
 
 impl Conn {
@@ -177,6 +195,9 @@ impl Slots {
 #[pin_data]
 pub(crate) struct Device {
     pub(crate) cfg: Config,
+    /// The current role (the table's at creation; `rmirrorctl primary|secondary` changes it
+    /// with every thread stopped, see [`Entry::set_role`]).
+    role: AtomicU8,
     pub(crate) backing: BackingDev,
     pub(crate) bioset: BioSet<Request>,
     pub(crate) stats: Stats,
@@ -217,6 +238,16 @@ pub(crate) struct Device {
     /// Generation UUIDs (see `uuids`); a leaf lock, taken from completions too.
     #[pin]
     pub(crate) uuids: IrqSpinLock<crate::uuids::Gen>,
+    /// The activity log (`None` with `meta=core`); taken from completions, after the metadata
+    /// lock when both are held.
+    #[pin]
+    pub(crate) al: IrqSpinLock<Option<crate::actlog::Al>>,
+    /// Signalled when an activity log transaction ends or a write gives its extents back.
+    #[pin]
+    pub(crate) al_cv: CondVar,
+    /// Wakes the metadata thread: a transaction is due, or the device stops.
+    #[pin]
+    pub(crate) md_work: CondVar,
 }
 
 /// Everything the registry keeps for a device. Dropping it tears the device down in order:
@@ -231,6 +262,45 @@ pub(crate) struct Entry {
 /// A thread name: `rmirror<minor>_<what>`.
 fn thread_name(index: u32, what: &str) -> Result<CString> {
     CString::try_from_fmt(fmt!("rmirror{}_{}", index, what))
+}
+
+fn role_u8(r: Role) -> u8 {
+    match r {
+        Role::Primary => 0,
+        Role::Secondary => 1,
+    }
+}
+
+/// Starts the device's threads for its current role: the meta socket's and (with on-disk
+/// metadata) the metadata thread on both sides; a primary connects, sends and resyncs, a
+/// secondary listens (on `listener`, or a new socket) and applies writes.
+fn start_threads(dev: &Arc<Device>, threads: &mut KVec<Thread>, listener: Option<crate::bindings::net::Socket>)
+    -> Result {
+    let i = dev.cfg.index;
+    threads.push(Thread::start(&thread_name(i, "meta")?, dev.clone(), crate::heartbeat::run)?, GFP_KERNEL)?;
+    if dev.has_md() {
+        threads.push(Thread::start(&thread_name(i, "md")?, dev.clone(), crate::md::run)?, GFP_KERNEL)?;
+    }
+    match dev.role() {
+        Role::Primary => {
+            threads.push(Thread::start(&thread_name(i, "conn")?, dev.clone(), crate::conn::primary_connect)?,
+                GFP_KERNEL)?;
+            threads.push(Thread::start(&thread_name(i, "send")?, dev.clone(), crate::sender::run)?, GFP_KERNEL)?;
+            threads.push(Thread::start(&thread_name(i, "sync")?, dev.clone(), crate::resync::run)?, GFP_KERNEL)?;
+        }
+        Role::Secondary => {
+            let l = match listener {
+                Some(l) => l,
+                None => crate::bindings::net::Socket::listen(dev.cfg.local).inspect_err(|e| {
+                    pr_err!("{}: cannot listen on {}: error {}\n", &*dev.cfg.name, Addr(dev.cfg.local), e.to_errno());
+                })?,
+            };
+            let arg = Arc::new(crate::conn::Listener { dev: dev.clone(), sock: l }, GFP_KERNEL)?;
+            threads.push(Thread::start(&thread_name(i, "conn")?, arg, crate::conn::secondary_accept)?, GFP_KERNEL)?;
+            threads.push(Thread::start(&thread_name(i, "recv")?, dev.clone(), crate::receiver::run)?, GFP_KERNEL)?;
+        }
+    }
+    Ok(())
 }
 
 impl Device {
@@ -267,6 +337,10 @@ impl Device {
                 pr_info!("{}: bitmap: {} KiB out of sync\n", &*cfg.name, bitmap.weight_sectors() / 2);
             }
         }
+        let mut al = None;
+        if let Some(md) = md.as_mut() {
+            al = Some(Self::recover_al(&cfg, md, &backing, &mut bitmap)?);
+        }
         let with_md = md.is_some();
         let gen = md.as_ref().map_or(crate::uuids::Gen::NONE, |m| m.gen());
         let outq = crate::outage::OutageQueue::new(crate::outage::DEFAULT_MAX_BYTES)?;
@@ -291,6 +365,8 @@ impl Device {
                     small_writes: false,
                     stopping: false,
                     outq,
+                    peer_bitmap: PeerBitmap::NotExpected,
+                    discard_my_data: false,
                 }),
                 work <- new_condvar!(),
                 link_changed <- new_condvar!(),
@@ -302,10 +378,20 @@ impl Device {
                 resync_rate: AtomicU32::new(0),
                 md <- new_mutex!(md),
                 uuids <- IrqSpinLock::new(gen, c"rmirror_uuids", kernel::static_lock_class!()),
+                al <- IrqSpinLock::new(al, c"rmirror_al", kernel::static_lock_class!()),
+                al_cv <- new_condvar!(),
+                md_work <- new_condvar!(),
+                role: AtomicU8::new(role_u8(cfg.role)),
                 cfg,
             }? Error),
             GFP_KERNEL,
         )?;
+        if with_md {
+            // Marks found by the recovery, and the log's state, on disk before any write.
+            dev.md_writeback(true).inspect_err(|e| {
+                pr_err!("{}: cannot write the metadata: error {}\n", &*dev.cfg.name, e.to_errno());
+            })?;
+        }
         let mut entry = Entry { threads: KVec::with_capacity(5, GFP_KERNEL)?, disk: None, dev: dev.clone() };
         let disk_name = CString::try_from_fmt(fmt!("rmirror{}", dev.cfg.index))?;
         entry.disk = Some(Disk::create(dev.clone(), &DiskOptions {
@@ -316,35 +402,65 @@ impl Device {
             group: c"rmirror",
             attrs: &crate::sysfs::ATTRS,
         })?);
-        let i = dev.cfg.index;
-        let t = Thread::start(&thread_name(i, "meta")?, dev.clone(), crate::heartbeat::run)?;
-        entry.threads.push(t, GFP_KERNEL)?;
-        if with_md {
-            let t = Thread::start(&thread_name(i, "md")?, dev.clone(), crate::md::run)?;
-            entry.threads.push(t, GFP_KERNEL)?;
-        }
-        match dev.cfg.role {
-            Role::Primary => {
-                let t = Thread::start(&thread_name(i, "conn")?, dev.clone(), crate::conn::primary_connect)?;
-                entry.threads.push(t, GFP_KERNEL)?;
-                let t = Thread::start(&thread_name(i, "send")?, dev.clone(), crate::sender::run)?;
-                entry.threads.push(t, GFP_KERNEL)?;
-                let t = Thread::start(&thread_name(i, "sync")?, dev.clone(), crate::resync::run)?;
-                entry.threads.push(t, GFP_KERNEL)?;
-            }
-            Role::Secondary => {
-                let l = listener.ok_or(EINVAL)?;
-                let arg = Arc::new(crate::conn::Listener { dev: dev.clone(), sock: l }, GFP_KERNEL)?;
-                let t = Thread::start(&thread_name(i, "conn")?, arg, crate::conn::secondary_accept)?;
-                entry.threads.push(t, GFP_KERNEL)?;
-                let t = Thread::start(&thread_name(i, "recv")?, dev.clone(), crate::receiver::run)?;
-                entry.threads.push(t, GFP_KERNEL)?;
-            }
-        }
+        start_threads(&dev, &mut entry.threads, listener)?;
         pr_info!("{}: created /dev/rmirror{} ({}, {} sectors on {}, local {}, peer {}, protocol {})\n",
-            &*dev.cfg.name, dev.cfg.index, dev.cfg.role.as_str(), dev.cfg.sectors, &*dev.cfg.backing_path,
+            &*dev.cfg.name, dev.cfg.index, dev.role().as_str(), dev.cfg.sectors, &*dev.cfg.backing_path,
             Addr(dev.cfg.local), Addr(dev.cfg.peer), dev.cfg.protocol.as_str());
         Ok(entry)
+    }
+
+    /// Replays the activity log ring of `md` into `bitmap` (see `al::recover`) and sets the
+    /// superblock's flags for this role: a primary's log is in use from now on (not clean); a
+    /// secondary does not use it (clean: what the ring named is in the bitmap now).
+    fn recover_al(cfg: &Config, md: &mut crate::md::Md, backing: &BackingDev, bitmap: &mut crate::resync::Fracture)
+        -> Result<crate::actlog::Al> {
+        use crate::rcore::{al as ral, meta};
+        let shift = md.sb().al_extent_shift;
+        let span = u64::from(ral::MIN_EXTENTS.min(ral::UPDATES_PER_TRANSACTION as u32) - 1) << (shift - 9);
+        if span + 1 < u64::from(MAX_IO_SECTORS) {
+            pr_err!("{}: metadata: activity log extents of {} bytes are not supported (32 KiB at least)\n",
+                &*cfg.name, 1u64 << shift);
+            return Err(EINVAL);
+        }
+        let (al, r) = crate::actlog::recover(md, backing, bitmap, cfg.sectors).inspect_err(|e| {
+            pr_err!("{}: cannot read the activity log: error {}\n", &*cfg.name, e.to_errno());
+        })?;
+        if r.damaged && !r.clean {
+            pr_warn!("{}: activity log damaged: the whole device is marked out of sync\n", &*cfg.name);
+        } else if !r.clean {
+            pr_info!("{}: activity log: not shut down cleanly: {} extents, {} KiB newly marked out of sync\n",
+                &*cfg.name, r.extents, r.marked_sectors / 2);
+        }
+        match cfg.role {
+            Role::Primary => md.set_flags(meta::MDF_PRIMARY_IND, meta::MDF_AL_CLEAN),
+            Role::Secondary => md.set_flags(meta::MDF_AL_CLEAN, meta::MDF_PRIMARY_IND),
+        }
+        Ok(al)
+    }
+
+    /// The current role.
+    pub(crate) fn role(&self) -> Role {
+        if self.role.load(Ordering::Acquire) == role_u8(Role::Primary) {
+            Role::Primary
+        } else {
+            Role::Secondary
+        }
+    }
+
+    /// Makes every thread runnable again after [`Device::stop`] (a role change): the device
+    /// connects (or accepts) again unless it was standalone.
+    fn restart(&self, standalone: bool) {
+        let now = self.now_ms();
+        {
+            let mut c = self.conn.lock();
+            c.stopping = false;
+            if !standalone {
+                let _ = c.sm.on_connect(now);
+            }
+        }
+        if let Some(a) = (*self.al.lock()).as_mut() {
+            a.stopped = false;
+        }
     }
 
     /// A new write sequence number.
@@ -396,8 +512,13 @@ impl Device {
         for l in [link, meta].into_iter().flatten() {
             l.shutdown();
         }
+        if let Some(a) = (*self.al.lock()).as_mut() {
+            a.stopped = true;
+        }
         self.work.notify_all();
         self.link_changed.notify_all();
+        self.al_cv.notify_all();
+        self.md_work.notify_all();
     }
 
     /// Whether teardown has begun (for thread loops).
@@ -469,7 +590,7 @@ impl Operations for Device {
 
     /// The secondary's disk is not for use (DRBD's answer to opening a secondary).
     fn open(&self) -> Result {
-        if self.cfg.role == Role::Secondary {
+        if self.role() == Role::Secondary {
             return Err(crate::bindings::errno::emediumtype());
         }
         Ok(())
@@ -497,8 +618,14 @@ impl Drop for Entry {
         // Every write's clone freed: its request (and its device reference) is gone, so the
         // device is not freed in a completion, and no bio of ours is left anywhere.
         dev.bioset.drain();
-        // Every bit is marked now: save the bitmap and the superblock.
+        // Every bit is marked now: save the bitmap and the superblock (with the activity log
+        // clean: every write completed and what the peer lacks is in the bitmap).
         if dev.has_md() {
+            if dev.al_idle() {
+                if let Some(md) = (*dev.md.lock()).as_mut() {
+                    md.set_flags(crate::rcore::meta::MDF_AL_CLEAN, 0);
+                }
+            }
             if let Err(e) = dev.md_writeback(true) {
                 pr_err!("{}: the bitmap could not be saved (error {}): regions marked since its last save are lost\n",
                     &*dev.cfg.name, e.to_errno());
@@ -509,6 +636,80 @@ impl Drop for Entry {
 }
 
 impl Entry {
+    /// `rmirrorctl primary|secondary`: changes the device's role (a no-op if it has it).
+    ///
+    /// Promotion is for a failover: refused with `EBUSY` while a connection is up (the peer
+    /// of a secondary is the primary: it must demote first), with `ENODATA` without up-to-date
+    /// data (a sync target that has not finished), and with `EINVAL` without on-disk metadata
+    /// (without generations a failover could not be resynced safely). It starts a new data
+    /// generation, so the old primary is resynced from here when it comes back as secondary.
+    /// Demotion is refused with `EBUSY` while the disk is open; from then on it cannot be
+    /// opened. Either way every thread stops, the connection (if any) is closed, the outage
+    /// queue goes to the bitmap, the superblock records the role, and the threads of the new
+    /// role start (a standalone device stays standalone).
+    pub(crate) fn set_role(&mut self, want: Role) -> Result {
+        let dev = self.dev.clone();
+        let name = &*dev.cfg.name;
+        let verb = want.as_str();
+        if dev.role() == want {
+            pr_info!("{}: {}: already {}\n", name, verb, verb);
+            return Ok(());
+        }
+        match want {
+            Role::Primary => {
+                if !dev.has_uuids() {
+                    pr_err!("{}: primary: refused: promotion needs on-disk metadata (meta=internal or \
+                        meta=DEV) to resync the old primary safely\n", name);
+                    return Err(EINVAL);
+                }
+                if dev.conn.lock().link.is_some() {
+                    pr_err!("{}: primary: refused: connected to the primary {} (demote it first)\n", name,
+                        Addr(dev.cfg.peer));
+                    return Err(EBUSY);
+                }
+                if dev.inconsistent() || dev.out_of_sync_sectors() > 0 {
+                    pr_err!("{}: primary: refused: no up-to-date data here ({} KiB still to be resynced \
+                        from the peer)\n", name, dev.out_of_sync_sectors() / 2);
+                    return Err(crate::bindings::errno::enodata());
+                }
+                dev.role.store(role_u8(Role::Primary), Ordering::Release);
+            }
+            Role::Secondary => {
+                let disk = self.disk.as_ref().ok_or(EINVAL)?;
+                disk.if_closed(|| dev.role.store(role_u8(Role::Secondary), Ordering::Release))
+                    .inspect_err(|_| pr_err!("{}: secondary: refused: the device is open\n", name))?;
+            }
+        }
+        // Every thread stops and the connection goes; the request path is idle (a secondary's
+        // disk cannot be opened, a primary's was not open).
+        let standalone = dev.cstate() == CState::Standalone;
+        dev.stop();
+        self.threads.clear();
+        let generation = dev.conn.lock().generation;
+        dev.connection_lost(generation, "the role changed");
+        dev.give_up_outage_queue("the role changed");
+        if want == Role::Primary {
+            dev.promoted();
+            dev.conn.lock().discard_my_data = false;
+        }
+        if let Some(md) = (*dev.md.lock()).as_mut() {
+            use crate::rcore::meta::{MDF_AL_CLEAN, MDF_PRIMARY_IND};
+            match want {
+                Role::Primary => md.set_flags(MDF_PRIMARY_IND, MDF_AL_CLEAN),
+                Role::Secondary => md.set_flags(MDF_AL_CLEAN, MDF_PRIMARY_IND),
+            }
+        }
+        if let Err(e) = dev.md_writeback(true) {
+            pr_err!("{}: {}: cannot write the metadata: error {}\n", name, verb, e.to_errno());
+        }
+        dev.restart(standalone);
+        start_threads(&dev, &mut self.threads, None).inspect_err(|e| {
+            pr_err!("{}: {}: cannot start the threads: error {} (remove the device)\n", name, verb, e.to_errno());
+        })?;
+        pr_info!("{}: now {}\n", name, verb);
+        Ok(())
+    }
+
     /// Refuses (`EBUSY`) if the disk is open, else marks it so no new open succeeds.
     pub(crate) fn begin_remove(&self) -> Result {
         match &self.disk {

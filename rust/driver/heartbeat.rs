@@ -14,9 +14,9 @@
 //! without a miss for `probation` before writes are replicated again (seed 002).
 
 use crate::conn::{io_reason, META_TICK_MS};
-use crate::device::{Conn, Device, Role};
+use crate::device::{Conn, Device, PeerBitmap, Role};
 use crate::rcore::state::protocol::Protocol;
-use crate::rcore::wire::{AckKind, Limits, Message, Ping};
+use crate::rcore::wire::{AckKind, Limits, Message, Ping, RleApply};
 use crate::request::PeerPart;
 use crate::transport::{recv_msg, send_msg, RecvError, Transport};
 use core::cell::Cell;
@@ -27,7 +27,7 @@ use kernel::sync::{Arc, MutexGuard};
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
     // Meta messages carry no payload: a frame is at most one header.
-    let Some(mut buf) = crate::conn::frame_buffer(dev, 0) else { return };
+    let Some(mut buf) = crate::conn::frame_buffer(dev, crate::resync::RLE_CHUNK as u32) else { return };
     let mut served = 0;
     while let Some((meta, generation)) = dev.wait_complete(served) {
         served = generation;
@@ -208,6 +208,32 @@ impl Device {
         Ok(())
     }
 
+    /// Primary: a chunk of the secondary's bitmap on connection `generation`: ORed into ours.
+    /// Once the last chunk is in, the resync may announce ours (the union).
+    fn peer_bitmap(&self, generation: u64, offset: u64, bits: u32, last: bool, rle: &[u8])
+        -> core::result::Result<(), &'static str> {
+        let mut c = self.heard(generation)?;
+        if c.peer_bitmap != PeerBitmap::Awaited {
+            return Err("a bitmap from the secondary not expected now");
+        }
+        let before = self.bitmap.lock().weight();
+        self.bitmap.lock().rle_decode(offset, bits, rle, RleApply::Merge)
+            .map_err(|_| "bitmap chunk does not fit the device")?;
+        let added = self.bitmap.lock().weight() - before;
+        if added > 0 {
+            // Regions the peer may hold differently (its activity log's extents after it
+            // crashed as primary, say): copied from here like ours.
+            pr_info!("{}: the peer's bitmap adds {} KiB to resync\n", &*self.cfg.name,
+                added << (crate::resync::REGION_SHIFT - 10));
+        }
+        if last {
+            c.peer_bitmap = PeerBitmap::Received;
+            drop(c);
+            self.link_changed.notify_all();
+        }
+        Ok(())
+    }
+
     /// `n` replayed writes left the outage queue (`ok`: durable at the peer).
     fn replay_progress(&self, ok: bool, n: usize) {
         let (done, replayed) = {
@@ -227,7 +253,8 @@ impl Device {
 
 /// Serves the meta socket of connection `generation` until it ends; returns why it ended.
 fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) -> &'static str {
-    let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: 0 };
+    // The secondary's bitmap comes on this socket too.
+    let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: crate::resync::RLE_CHUNK as u32 };
     let why = Cell::new(None);
     let poll = || {
         if why.get().is_none() {
@@ -235,7 +262,7 @@ fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) ->
         }
         why.get().is_some()
     };
-    let primary = dev.cfg.role == Role::Primary;
+    let primary = dev.role() == Role::Primary;
     loop {
         let r = match recv_msg(meta, buf, &lim, &poll) {
             Ok(Message::Ping(p)) => {
@@ -258,6 +285,9 @@ fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) ->
             Ok(Message::ResyncAck { sector, sectors }) if primary => {
                 dev.traffic(generation);
                 dev.resync_acked(generation, sector, sectors)
+            }
+            Ok(Message::Bitmap { offset, bits, last, rle }) if primary => {
+                dev.peer_bitmap(generation, offset, bits, last, rle)
             }
             Ok(Message::InSync { current }) if primary => {
                 dev.traffic(generation);

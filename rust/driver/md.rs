@@ -12,8 +12,8 @@
 //! Writeback (DRBD writes its bitmap lazily too): bits change only while the peer lacks data
 //! (marked) or a resync progresses (cleared). The `rmirror<N>_md` thread writes the pages marked
 //! dirty every [`WRITEBACK_MS`], so a bitmap survives a disconnect followed by a clean removal
-//! or a later crash; writes of the last [`WRITEBACK_MS`] before a crash are the activity log's
-//! job (next issue). Removal writes every dirty page and then the superblock with a flush and
+//! or a later crash; writes of the last [`WRITEBACK_MS`] before a crash are in extents of the
+//! activity log, whose transactions the same thread writes (see `actlog`). Removal writes every dirty page and then the superblock with a flush and
 //! FUA, after the last write completed.
 
 use crate::bindings::bdev::BackingDev;
@@ -37,6 +37,8 @@ pub(crate) struct Md {
     sb: Superblock,
     /// A 4 KiB I/O buffer (a heap buffer: the only memory the block layer takes by address).
     buf: KVVec<u8>,
+    /// The activity log transaction being written (see `al`), a 4 KiB heap buffer too.
+    al_buf: KVVec<u8>,
     /// A bitmap write failed and has not succeeded since (the error is logged once).
     failing: AtomicBool,
 }
@@ -101,7 +103,8 @@ impl Md {
         }
         pr_info!("{}: metadata on {}: {} data sectors, bitmap at sector {}\n", name, md_path,
             sb.layout.data_sectors, sb.layout.bm_offset);
-        Ok(Some(Md { ext, sb, buf, failing: AtomicBool::new(false) }))
+        let al_buf = KVVec::from_elem(0u8, crate::rcore::al::SLOT_SIZE, GFP_KERNEL)?;
+        Ok(Some(Md { ext, sb, buf, al_buf, failing: AtomicBool::new(false) }))
     }
 
     /// The generations the superblock records.
@@ -121,6 +124,39 @@ impl Md {
             consistent: self.sb.has(meta::MDF_CONSISTENT),
             dirty: false,
         }
+    }
+
+    /// The superblock as last read or written.
+    pub(crate) fn sb(&self) -> &Superblock {
+        &self.sb
+    }
+
+    /// Sets or clears superblock flags (written with the next superblock).
+    pub(crate) fn set_flags(&mut self, set: u64, clear: u64) {
+        self.sb.flags = (self.sb.flags | set) & !clear;
+    }
+
+    /// Records a new number of active extents (written with the next superblock).
+    pub(crate) fn set_al_extents(&mut self, n: u32) {
+        self.sb.al_nr_extents = n;
+    }
+
+    /// The activity log's transaction buffer.
+    pub(crate) fn al_block(&mut self) -> Result<&mut [u8; crate::rcore::al::SLOT_SIZE]> {
+        <&mut [u8; crate::rcore::al::SLOT_SIZE]>::try_from(self.al_buf.as_mut_slice()).map_err(|_| EINVAL)
+    }
+
+    /// Reads the whole activity log ring into `ring` (its size).
+    pub(crate) fn read_al_ring(&self, backing: &BackingDev, ring: &mut KVVec<u8>) -> Result {
+        let len = ring.len();
+        self.dev(backing).read_sync(self.sb.layout.al_offset, ring, 0..len)
+    }
+
+    /// Writes the transaction in the buffer to ring slot `slot`, with a flush before (the
+    /// bitmap pages it relies on) and FUA (on stable storage when this returns).
+    pub(crate) fn write_al_slot(&self, backing: &BackingDev, slot: u32) -> Result {
+        let sector = self.sb.layout.al_slot_sector(slot);
+        self.dev(backing).write_sync(sector, &self.al_buf, 0..crate::rcore::al::SLOT_SIZE, true, true)
     }
 
     /// The device holding the metadata.
@@ -149,6 +185,11 @@ impl Device {
     pub(crate) fn md_writeback(&self, superblock: bool) -> Result {
         let mut guard = self.md.lock();
         let Some(md) = (*guard).as_mut() else { return Ok(()) };
+        self.md_writeback_locked(md, superblock)
+    }
+
+    /// [`Device::md_writeback`] with the metadata lock held.
+    pub(crate) fn md_writeback_locked(&self, md: &mut Md, superblock: bool) -> Result {
         // Generations or flags changed since the last write: the superblock goes too.
         let changed = {
             let mut g = self.uuids.lock();
@@ -221,12 +262,27 @@ impl Device {
     }
 }
 
-/// Body of the `rmirror<N>_md` thread: bitmap writeback every [`WRITEBACK_MS`].
+/// Body of the `rmirror<N>_md` thread: activity log transactions as soon as writes wait for
+/// them, and the bitmap writeback every [`WRITEBACK_MS`].
 pub(crate) fn run(dev: &Arc<Device>) {
+    let mut last = 0u64;
     while !dev.stopping() {
-        if dev.bitmap.lock().dirty_page_count() > 0 || dev.uuids.lock().dirty {
-            let _ = dev.md_writeback(false);
+        while dev.al_due() {
+            if dev.al_transaction().is_err() {
+                break;
+            }
         }
-        crate::bindings::thread::sleep_ms(WRITEBACK_MS);
+        let now = dev.now_ms();
+        if now.saturating_sub(last) >= u64::from(WRITEBACK_MS) {
+            last = now;
+            if dev.bitmap.lock().dirty_page_count() > 0 || dev.uuids.lock().dirty {
+                let _ = dev.md_writeback(false);
+            }
+        }
+        let left = u64::from(WRITEBACK_MS).saturating_sub(dev.now_ms().saturating_sub(last)).max(1);
+        let mut g = dev.al.lock();
+        if !(*g).as_ref().is_some_and(|a| a.log.needs_transaction() || a.stopped) {
+            let _ = dev.md_work.wait_interruptible_timeout(&mut g, kernel::time::msecs_to_jiffies(left as u32));
+        }
     }
 }

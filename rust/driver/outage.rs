@@ -96,6 +96,11 @@ impl OutageQueue {
         !self.q.is_overflowed()
     }
 
+    /// Ranges `(sector, len)` of the writes the peer has not acked (they stay queued).
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.q.ranges()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.q.is_empty()
     }

@@ -34,13 +34,15 @@ pub(crate) struct Request {
     pub(crate) fua: bool,
     /// Position in the connection's send order (`tlog::TransferLog::sent`), set by the sender.
     pub(crate) sent_no: AtomicU64,
+    /// The write holds activity log references (see `al`), given back at completion.
+    al: bool,
     local: AtomicU8,
     net: AtomicU8,
 }
 
 /// `fops->submit_bio`.
 pub(crate) fn submit_bio(dev: &Arc<Device>, bio: Bio) {
-    if dev.cfg.role == Role::Secondary {
+    if dev.role() == Role::Secondary {
         return bio.end(Status::ioerr());
     }
     let Some(bio) = bio.split_to_limits() else { return };
@@ -55,6 +57,14 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
     let (sector, len, preflush, fua) = (bio.sector(), bio.size(), bio.preflush(), bio.fua());
     // Overlapping writes in flight wait here, before they take a place in the wire order.
     let slot = dev.slot_acquire(sector, u64::from(len >> 9));
+    // Its extents are in the activity log on disk before the write is issued.
+    let al = match dev.al_begin(sector, u64::from(len >> 9)) {
+        Ok(al) => al,
+        Err(_) => {
+            dev.slot_release(slot);
+            return bio.end(Status::ioerr());
+        }
+    };
     let req = Request {
         dev: dev.clone(),
         slot,
@@ -64,12 +74,16 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
         preflush,
         fua,
         sent_no: AtomicU64::new(0),
+        al,
         local: AtomicU8::new(PART_PENDING),
         net: AtomicU8::new(PART_PENDING),
     };
     let clone = match dev.bioset.clone_bio(bio, &dev.backing, req) {
         Ok(c) => c,
         Err(bio) => {
+            if al {
+                dev.al_end(sector, u64::from(len >> 9));
+            }
             dev.slot_release(slot);
             return bio.end(Status::ioerr());
         }
@@ -111,6 +125,9 @@ impl CloneData for Request {
         let dev = &self.dev;
         if mark && net != PART_QUEUED {
             dev.mark_out_of_sync(self.sector, self.len);
+        }
+        if self.al {
+            dev.al_end(self.sector, u64::from(self.len >> 9));
         }
         dev.slot_release(self.slot);
         dev.stats.inflight.fetch_sub(1, Ordering::Relaxed);

@@ -20,7 +20,7 @@
 //! the core's token bucket.
 
 use crate::conn::MAX_IO_BYTES;
-use crate::device::{Device, Role, MAX_IO_SECTORS};
+use crate::device::{Device, PeerBitmap, Role, MAX_IO_SECTORS};
 use crate::rcore::bitmap::{self, Bitmap};
 use crate::rcore::state::resync::TokenBucket;
 use crate::rcore::wire::{self, Message};
@@ -32,7 +32,7 @@ use kernel::sync::Arc;
 /// Region size of the fracture bitmap (log2 bytes): 4 KiB, like DRBD.
 pub(crate) const REGION_SHIFT: u32 = bitmap::DEFAULT_REGION_SHIFT;
 /// Largest RLE payload of one Bitmap message.
-const RLE_CHUNK: usize = 4096;
+pub(crate) const RLE_CHUNK: usize = 4096;
 
 /// The device's fracture bitmap, in memory.
 pub(crate) type Fracture = Bitmap<KVVec<u64>>;
@@ -74,7 +74,7 @@ pub(crate) struct Progress {
 pub(crate) fn repl_state(dev: &Device) -> &'static str {
     let replicating = dev.conn.lock().replicating();
     let dirty = dev.bitmap.lock().weight() > 0;
-    match (dev.cfg.role, replicating, dirty) {
+    match (dev.role(), replicating, dirty) {
         (_, false, _) => "off",
         (Role::Primary, true, true) => "sync_source",
         (Role::Secondary, true, true) => "sync_target",
@@ -86,7 +86,7 @@ pub(crate) fn repl_state(dev: &Device) -> &'static str {
 /// it is a sync target, up to date while replicating with nothing to copy, and merely
 /// "consistent" (a point-in-time copy, maybe old) otherwise.
 pub(crate) fn disk_state(dev: &Device) -> &'static str {
-    if dev.cfg.role == Role::Primary {
+    if dev.role() == Role::Primary {
         return "up_to_date";
     }
     let told = {
@@ -173,7 +173,9 @@ impl Device {
             // Every connection gets the bitmap once (the target learns whether it is up to
             // date), then the marked regions.
             let unannounced = self.resync.lock().announced != c.generation;
-            if c.sending() && (unannounced || self.bitmap.lock().weight() > 0) {
+            // The secondary's bitmap is merged into ours first.
+            let merged = c.peer_bitmap != PeerBitmap::Awaited;
+            if c.sending() && merged && (unannounced || self.bitmap.lock().weight() > 0) {
                 if let Some(l) = &c.link {
                     return Some((l.clone(), c.generation));
                 }
@@ -217,7 +219,7 @@ impl Device {
     }
 
     /// Sends the whole bitmap to the peer on `link` as RLE chunks.
-    fn send_bitmap(&self, link: &dyn Transport, generation: u64, rle: &mut [u8]) -> Result {
+    pub(crate) fn send_bitmap(&self, link: &dyn Transport, generation: u64, rle: &mut [u8]) -> Result {
         let stop = || !self.is_current(generation);
         let mut offset = 0u64;
         loop {

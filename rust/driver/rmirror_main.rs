@@ -12,6 +12,8 @@
 //!   detection, probation, and the primary's acks;
 //! - [`resync`]: the fracture bitmap, and the resync that copies exactly its marked regions;
 //! - [`md`]: on-disk metadata: checked at create, the bitmap loaded and written back;
+//! - [`actlog`]: the activity (write-intent) log: extents made active on disk before writes
+//!   land in them, replayed after a crash of the primary;
 //! - [`uuids`]: generation UUIDs: who may sync from whom, split brain, the initial sync;
 //! - [`sender`] / [`receiver`]: the data socket's threads (primary: send writes; secondary:
 //!   apply writes, acknowledge on the meta socket once durable);
@@ -26,6 +28,7 @@
 use bindings::misc::ControlDevice;
 use kernel::prelude::*;
 
+mod actlog;
 mod bindings;
 mod conn;
 mod control;

@@ -177,6 +177,23 @@ int rmirror_disk_begin_remove(struct rmirror_disk *d)
 	return ret;
 }
 
+/* The open mutex, so a caller can act while no open can begin (see rmirror_disk_openers). */
+void rmirror_disk_open_lock(struct rmirror_disk *d)
+{
+	mutex_lock(&d->disk->open_mutex);
+}
+
+void rmirror_disk_open_unlock(struct rmirror_disk *d)
+{
+	mutex_unlock(&d->disk->open_mutex);
+}
+
+/* Openers of the disk; stable while the open mutex is held. */
+unsigned int rmirror_disk_openers(struct rmirror_disk *d)
+{
+	return disk_openers(d->disk);
+}
+
 sector_t rmirror_bdev_nr_sectors(struct block_device *bdev)
 {
 	return bdev_nr_sectors(bdev);

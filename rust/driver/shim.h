@@ -36,6 +36,9 @@ struct rmirror_disk *rmirror_disk_create(void *priv, const char *name, struct bl
 					 unsigned int nattrs);
 void rmirror_disk_destroy(struct rmirror_disk *d);
 int rmirror_disk_begin_remove(struct rmirror_disk *d);
+void rmirror_disk_open_lock(struct rmirror_disk *d);
+void rmirror_disk_open_unlock(struct rmirror_disk *d);
+unsigned int rmirror_disk_openers(struct rmirror_disk *d);
 sector_t rmirror_bdev_nr_sectors(struct block_device *bdev);
 struct file *rmirror_bdev_open_excl(const char *path, void *holder);
 

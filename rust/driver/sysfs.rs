@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `/sys/block/rmirrorN/rmirror/`: read-only views of the configuration and state, and the
-//! tunables (`inline_max`, `resync_rate`, `outage_queue_bytes` and the connection timers), each
+//! tunables (`inline_max`, `resync_rate`, `outage_queue_bytes`, `al_extents` and the connection timers), each
 //! validated on write; see `Documentation/ABI-sysfs.rst`.
 
 use crate::bindings::disk::Attribute;
@@ -33,13 +33,15 @@ const TIMEOUT: usize = 14;
 const PROBATION: usize = 15;
 const CONNECT_RETRY: usize = 16;
 const OUTAGE_MAX: usize = 17;
+const AL_EXTENTS: usize = 18;
+const ACTIVITY_LOG: usize = 19;
 
 const fn ro(name: &'static kernel::str::CStr) -> Attribute {
     Attribute { name, writable: false }
 }
 
 /// The files of `/sys/block/rmirrorN/rmirror/`, by id.
-pub(crate) static ATTRS: [Attribute; 18] = [
+pub(crate) static ATTRS: [Attribute; 20] = [
     ro(c"name"),
     ro(c"role"),
     ro(c"cstate"),
@@ -58,6 +60,8 @@ pub(crate) static ATTRS: [Attribute; 18] = [
     Attribute { name: c"probation", writable: true },
     Attribute { name: c"connect_retry", writable: true },
     Attribute { name: c"outage_max", writable: true },
+    Attribute { name: c"al_extents", writable: true },
+    ro(c"activity_log"),
 ];
 
 /// The connection timer behind attribute `attr` (milliseconds), with its file name.
@@ -85,7 +89,7 @@ pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> 
     let mut w = TextWriter::new(page);
     let r = match attr {
         NAME => writeln!(w, "{}", dev.cfg.name.to_str().unwrap_or("?")),
-        ROLE => writeln!(w, "{}", dev.cfg.role.as_str()),
+        ROLE => writeln!(w, "{}", dev.role().as_str()),
         CSTATE => writeln!(w, "{}", dev.cstate().as_str()),
         PEER => writeln!(w, "{}", Addr(dev.cfg.peer)),
         LOCAL => writeln!(w, "{}", Addr(dev.cfg.local)),
@@ -100,6 +104,21 @@ pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> 
             let mut cfg = *dev.conn.lock().sm.config();
             let (_, v) = timer(&mut cfg, attr).ok_or(EINVAL)?;
             writeln!(w, "{}", *v)
+        }
+        AL_EXTENTS => match dev.al.lock().as_ref() {
+            Some(a) => writeln!(w, "{}", a.log.config().nr_extents),
+            None => writeln!(w, "0"),
+        },
+        ACTIVITY_LOG => {
+            let snap = dev.al.lock().as_ref().map(|a| (a.stats, a.log.used(), *a.log.config(), a.log.next_seq()));
+            match snap {
+                Some((st, used, cfg, seq)) => write!(w,
+                    "extents {}\nextent_bytes {}\nin_use {}\nwrites {}\nwaited {}\nwait_us {}\n\
+                     transactions {}\nretired {}\nbusy {}\nnext_seq {}\n",
+                    cfg.nr_extents, 1u64 << cfg.extent_shift, used, st.writes, st.waited, st.wait_us,
+                    st.transactions, st.retired, st.busy, seq),
+                None => writeln!(w, "none"),
+            }
         }
         _ => return Err(EINVAL),
     };
@@ -140,6 +159,14 @@ pub(crate) fn store(dev: &Device, attr: usize, input: &[u8]) -> Result {
             })
         }
         PING_INTERVAL | TIMEOUT | PROBATION | CONNECT_RETRY | OUTAGE_MAX => store_timer(dev, attr, input),
+        AL_EXTENTS => {
+            let v = parse_u32(input).ok_or_else(|| {
+                pr_err!("{}: al_extents: expected a number of extents from {} to {}\n", &*dev.cfg.name,
+                    crate::rcore::al::MIN_EXTENTS, crate::rcore::al::MAX_EXTENTS);
+                EINVAL
+            })?;
+            dev.al_resize(v)
+        }
         _ => Err(EACCES),
     }
 }

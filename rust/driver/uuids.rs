@@ -4,9 +4,11 @@
 //! the connection may replicate, in which direction, and whether the bitmap suffices or a full
 //! sync is needed.
 //!
-//! Roles are fixed by the table, so the primary is always the sync source: a verdict that would
-//! make it a target (the peer holds newer data), split brain (both sides wrote while apart) and
-//! unrelated data are refused, logged, and the primary goes standalone; nothing is overwritten.
+//! The primary is always the sync source: a verdict that would make it a target (the peer holds
+//! newer data), split brain (both sides wrote while apart) and unrelated data are refused,
+//! logged, and the primary goes standalone; nothing is overwritten. A failover makes the
+//! secondary primary (`rmirrorctl primary`, which starts a new generation: [`Device::promoted`]),
+//! and the old primary comes back as secondary, the sync target.
 //! Fresh metadata on both sides is refused too (nobody said which data counts; see
 //! `rmirrorctl create-md --overwrite-data-of-peer` and `--clear-bitmap`).
 //!
@@ -61,6 +63,12 @@ impl Gen {
     };
 }
 
+/// Why a handshake was refused when both sides wrote while apart. A primary goes standalone,
+/// and so does a secondary: the user decides which side's data is discarded.
+pub(crate) const SPLIT_BRAIN: &str = "split brain: both sides wrote while apart; nothing is overwritten \
+    (on the side whose writes are to be discarded, as secondary: rmirrorctl connect NAME --discard-my-data; \
+    then rmirrorctl connect NAME on the other)";
+
 /// The wire form of `u` (flags are not on the wire).
 pub(crate) fn to_wire(u: &Uuids) -> wire::Uuids {
     wire::Uuids { current: u.current, bitmap: u.bitmap, history: u.history }
@@ -108,7 +116,8 @@ impl Device {
     /// Decides, from both sides' UUIDs, whether the new connection may replicate. `Err` is the
     /// reason to refuse it; on the primary, a refusal also means standalone (`true` in the
     /// error: retrying cannot help).
-    pub(crate) fn check_uuids(&self, peer: &wire::Uuids) -> core::result::Result<(), (&'static str, bool)> {
+    pub(crate) fn check_uuids(&self, peer: &wire::Uuids, peer_discards: bool)
+        -> core::result::Result<(), (&'static str, bool)> {
         let peer = from_wire(peer);
         let (ours, verdict) = {
             let mut g = self.uuids.lock();
@@ -125,7 +134,7 @@ impl Device {
                 return Err(("both sides have fresh metadata: run create-md --overwrite-data-of-peer on \
                     the side whose data counts, or create-md --clear-bitmap on both", true));
             }
-            let v = compare(&ours, &peer, self.cfg.role == Role::Primary);
+            let v = compare(&ours, &peer, self.role() == Role::Primary);
             if v.fixup == Fixup::FinishOwnSync {
                 // Rule 34: the peer finished our last resync but its InSync never arrived.
                 if let Some(o) = g.ours.as_mut() {
@@ -144,8 +153,29 @@ impl Device {
         }
         pr_info!("{}: generations: ours {}, peer's {}: {} (rule {})\n", &*self.cfg.name, Show(ours),
             Show(peer), verdict.decision.as_str(), verdict.rule);
-        match (self.cfg.role, verdict.decision) {
+        let mut decision = verdict.decision;
+        if decision == Decision::SplitBrain {
+            // The user's resolution: the side that said `connect --discard-my-data` (always the
+            // secondary) becomes the sync target, from both bitmaps (see resolve_split_brain).
+            let ours_discard = core::mem::take(&mut self.conn.lock().discard_my_data);
+            if let Some(d) = resync::resolve_split_brain(verdict.rule, ours_discard, peer_discards) {
+                pr_warn!("{}: split brain resolved: {} ({}): {}\n", &*self.cfg.name,
+                    if ours_discard { "our data is discarded" } else { "the peer discards its data" },
+                    "discard-my-data", d.as_str());
+                decision = d;
+            } else if ours_discard {
+                // Both sides asked: nothing is resolved; the flag stays for the next try.
+                self.conn.lock().discard_my_data = true;
+            }
+        }
+        match (self.role(), decision) {
             (Role::Primary, Decision::NoSync) | (Role::Secondary, Decision::NoSync) => Ok(()),
+            (Role::Secondary, Decision::SyncTarget { full: true }) => {
+                // Resolved split brain without a common bitmap generation: everything.
+                let n = self.bitmap.lock().set_all();
+                pr_info!("{}: full sync from the peer: {} regions marked\n", &*self.cfg.name, n);
+                Ok(())
+            }
             (Role::Primary, Decision::SyncSource { full }) => {
                 if full {
                     let n = self.bitmap.lock().set_all();
@@ -156,8 +186,7 @@ impl Device {
             // Inconsistent only once the bitmap says what is missing (a replayed outage queue
             // keeps this side a consistent prefix).
             (Role::Secondary, Decision::SyncTarget { .. }) => Ok(()),
-            (_, Decision::SplitBrain) => Err(("split brain: both sides wrote while apart; nothing \
-                is overwritten (discard one side's data with create-md --force)", true)),
+            (_, Decision::SplitBrain) => Err((SPLIT_BRAIN, true)),
             (_, Decision::Unrelated) => Err(("the peer holds unrelated data", true)),
             (Role::Primary, Decision::SyncTarget { .. }) => Err(("the peer holds newer data: the \
                 primary will not overwrite it", true)),
@@ -170,7 +199,7 @@ impl Device {
     /// the peer starts a new data generation (not from fresh metadata: the initial sync is the
     /// user's decision).
     pub(crate) fn writing_without_peer(&self) {
-        if self.cfg.role != Role::Primary {
+        if self.role() != Role::Primary {
             return;
         }
         let mut g = self.uuids.lock();
@@ -181,6 +210,21 @@ impl Device {
         let Some(ours) = g.ours.as_mut() else { return };
         ours.new_current(crate::bindings::random_u64() | 2);
         g.written_apart = true;
+        g.consistent = true;
+        g.dirty = true;
+    }
+
+    /// Promotion (while disconnected): a new data generation, so whatever the old primary
+    /// wrote that never reached us is told apart when it comes back (it becomes the sync
+    /// target, or a split brain if it wrote while apart too).
+    pub(crate) fn promoted(&self) {
+        let mut g = self.uuids.lock();
+        let Some(ours) = g.ours.as_mut() else { return };
+        ours.new_current(crate::bindings::random_u64() | 2);
+        g.written_apart = true;
+        g.shared = None;
+        g.peer = None;
+        g.peer_in_sync = None;
         g.consistent = true;
         g.dirty = true;
     }

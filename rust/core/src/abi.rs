@@ -145,11 +145,17 @@ pub enum Cmd {
     /// Make device `name` standalone: close its connection and stop connecting (a no-op if
     /// it is standalone already).
     Disconnect = 7,
+    /// Promote device `name` to primary (`EBUSY` while connected to a primary, `ENODATA`
+    /// without up-to-date data; a no-op if it is primary already).
+    Primary = 8,
+    /// Demote device `name` to secondary (`EBUSY` while it is open; a no-op if it is
+    /// secondary already).
+    Secondary = 9,
 }
 
 impl Cmd {
     /// Every command, in `nr` order.
-    pub const ALL: [Cmd; 8] = [
+    pub const ALL: [Cmd; 10] = [
         Cmd::Version,
         Cmd::Create,
         Cmd::Remove,
@@ -158,6 +164,8 @@ impl Cmd {
         Cmd::Table,
         Cmd::Connect,
         Cmd::Disconnect,
+        Cmd::Primary,
+        Cmd::Secondary,
     ];
 
     /// The ioctl command number (`_IOC_NR`).
@@ -176,6 +184,8 @@ impl Cmd {
             5 => Some(Cmd::Table),
             6 => Some(Cmd::Connect),
             7 => Some(Cmd::Disconnect),
+            8 => Some(Cmd::Primary),
+            9 => Some(Cmd::Secondary),
             _ => None,
         }
     }
@@ -206,6 +216,8 @@ impl Cmd {
             Cmd::Table => "TABLE",
             Cmd::Connect => "CONNECT",
             Cmd::Disconnect => "DISCONNECT",
+            Cmd::Primary => "PRIMARY",
+            Cmd::Secondary => "SECONDARY",
         }
     }
 
@@ -231,6 +243,10 @@ pub const IOC_TABLE: u32 = Cmd::Table.request();
 pub const IOC_CONNECT: u32 = Cmd::Connect.request();
 /// `RMIRROR_IOC_DISCONNECT` = `_IOWR(0xE7, 7, 4096)`.
 pub const IOC_DISCONNECT: u32 = Cmd::Disconnect.request();
+/// `RMIRROR_IOC_PRIMARY` = `_IOWR(0xE7, 8, 4096)`.
+pub const IOC_PRIMARY: u32 = Cmd::Primary.request();
+/// `RMIRROR_IOC_SECONDARY` = `_IOWR(0xE7, 9, 4096)`.
+pub const IOC_SECONDARY: u32 = Cmd::Secondary.request();
 
 const _: () = assert!(BUF_LEN <= IOC_SIZE_MAX);
 const _: () = assert!(IOC_VERSION == 0xD000_E700);
@@ -979,10 +995,14 @@ mod tests {
             assert_eq!(Cmd::from_request(cmd.request()), Some(*cmd));
             assert!(!cmd.as_str().is_empty());
         }
-        assert_eq!(Cmd::ALL.len(), 8);
-        assert_eq!(Cmd::from_nr(8), None);
+        assert_eq!(Cmd::ALL.len(), 10);
+        assert_eq!(Cmd::from_nr(10), None);
         assert_eq!(Cmd::Connect.request(), 0xD000_E706);
         assert_eq!(Cmd::Disconnect.request(), 0xD000_E707);
+        assert_eq!(Cmd::Primary.request(), 0xD000_E708);
+        assert_eq!(Cmd::Secondary.request(), 0xD000_E709);
+        assert_eq!(Cmd::Primary.as_str(), "PRIMARY");
+        assert!(Cmd::Secondary.takes_name());
         assert_eq!(Cmd::Connect.as_str(), "CONNECT");
         assert_eq!(Cmd::Disconnect.as_str(), "DISCONNECT");
         assert!(Cmd::Connect.takes_name());
@@ -1000,7 +1020,7 @@ mod tests {
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 4095)), None); // size
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 8)), None);
         assert_eq!(Cmd::from_request(iowr(0xE6, 3, BUF_LEN)), None); // type
-        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 8, BUF_LEN)), None); // nr
+        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 10, BUF_LEN)), None); // nr
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 255, BUF_LEN)), None);
         assert_eq!(Cmd::from_request(0), None);
         assert_eq!(Cmd::from_request(u32::MAX), None);

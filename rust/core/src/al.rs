@@ -622,13 +622,16 @@ where
         }
         let n_updates = self.queued.min(UPDATES_PER_TRANSACTION);
         // The window follows from the sequence number, so that any `rotation` consecutive
-        // transactions cover the whole table, even across restarts of the log.
-        let rotation = self.n.div_ceil(self.context_len);
-        let ctx_start = (self.next_seq % u64::from(rotation)) as u32 * self.context_len;
-        let ctx_len = self.context_len.min(self.n - ctx_start);
+        // transactions cover the whole table, even across restarts of the log. (`n`,
+        // `context_len` and `ring_slots` are non-zero by `Config::validate`; the checked
+        // forms keep a division by zero out of the kernel's code.)
+        let rotation = self.n.checked_div(self.context_len).unwrap_or(0)
+            + u32::from(self.n.checked_rem(self.context_len).unwrap_or(0) != 0);
+        let ctx_start = self.next_seq.checked_rem(u64::from(rotation)).unwrap_or(0) as u32 * self.context_len;
+        let ctx_len = self.context_len.min(self.n.saturating_sub(ctx_start));
         let tr = Transaction {
             seq: self.next_seq,
-            ring_slot: (self.next_seq % u64::from(self.cfg.ring_slots)) as u32,
+            ring_slot: self.next_seq.checked_rem(u64::from(self.cfg.ring_slots)).unwrap_or(0) as u32,
             n_updates: n_updates as u32,
         };
         buf.fill(0);
@@ -643,13 +646,13 @@ where
         put_u32(buf, OFF_CONTEXT_START, ctx_start);
         put_u32(buf, OFF_CONTEXT_LEN, ctx_len);
         put_u32(buf, OFF_RING_SLOTS, self.cfg.ring_slots);
-        for (k, u) in self.queue[..n_updates].iter().enumerate() {
+        for (k, u) in self.queue.iter().take(n_updates).enumerate() {
             put_u32(buf, OFF_UPDATES + 8 * k, u.slot);
             put_u32(buf, OFF_UPDATES + 8 * k + 4, u.extent);
         }
-        for k in 0..ctx_len {
-            let extent = self.slots[(ctx_start + k) as usize].committed;
-            put_u32(buf, OFF_CONTEXT + 4 * k as usize, extent);
+        let window = self.slots.iter().skip(ctx_start as usize).take(ctx_len as usize);
+        for (k, s) in window.enumerate() {
+            put_u32(buf, OFF_CONTEXT + 4 * k, s.committed);
         }
         let crc = crc32c(0, buf);
         put_u32(buf, OFF_CRC, crc);

@@ -116,8 +116,12 @@ pub mod feature {
     /// The sender accepts [`super::Command::SmallWrite`] (otherwise all writes use
     /// WriteNotify + WriteData).
     pub const SMALL_WRITE: u32 = 1 << 0;
+    /// The secondary sends its own bitmap on the meta socket after the handshake, and the
+    /// primary ORs it into its own before it sends its bitmap (regions the secondary may hold
+    /// differently: a crashed primary's activity log extents, its writes never replicated).
+    pub const PEER_BITMAP: u32 = 1 << 1;
     /// Every feature this implementation supports.
-    pub const ALL: u32 = SMALL_WRITE;
+    pub const ALL: u32 = SMALL_WRITE | PEER_BITMAP;
 }
 
 /// Well-known [`Message::Disconnect`] reason codes (others are passed through as numbers).
@@ -612,6 +616,17 @@ pub struct Handshake {
     /// as C). Both sides of a connection must name the same one: it decides which acks the
     /// secondary sends.
     pub replication: u8,
+    /// [`hs_flags`] bits (unknown bits are refused).
+    pub flags: u8,
+}
+
+/// Flags of a [`Handshake`] (byte 30).
+pub mod hs_flags {
+    /// The sender resolves a split brain by discarding its own data: it becomes the sync
+    /// target (`rmirrorctl connect NAME --discard-my-data`, DRBD's `--discard-my-data`).
+    pub const DISCARD_MY_DATA: u8 = 1 << 0;
+    /// Every flag this implementation knows.
+    pub const KNOWN: u8 = DISCARD_MY_DATA;
 }
 
 /// What two handshakes agree on.
@@ -994,7 +1009,7 @@ impl<'a> Message<'a> {
     pub fn validate(&self, lim: &Limits) -> Result<(), DecodeError> {
         match self {
             Message::Handshake(h) => {
-                if h.proto_min == 0 || h.proto_min > h.proto_max || h.replication > 3 {
+                if h.proto_min == 0 || h.proto_min > h.proto_max || h.replication > 3 || h.flags & !hs_flags::KNOWN != 0 {
                     return Err(DecodeError::BadField);
                 }
                 if h.dev_sectors == 0 {
@@ -1099,7 +1114,8 @@ impl<'a> Message<'a> {
                 put_u64(&mut h, E, hs.dev_sectors); //      16: u64 dev_sectors
                 put_u32(&mut h, E + 8, hs.region_size); //  24: u32 region_size
                 put_u8(&mut h, E + 12, hs.channel.to_wire()); // 28: u8 channel
-                put_u8(&mut h, E + 13, hs.replication); //   29: u8 replication, 30..32 reserved
+                put_u8(&mut h, E + 13, hs.replication); //   29: u8 replication
+                put_u8(&mut h, E + 14, hs.flags); //         30: u8 flags, 31 reserved
                 put_u64(&mut h, E + 16, hs.uuids.current); // 32: u64 current uuid
                 put_u64(&mut h, E + 24, hs.uuids.bitmap); //  40: u64 bitmap uuid
                 put_u64(&mut h, E + 32, hs.uuids.history[0]); // 48: u64 history[0]
@@ -1361,9 +1377,10 @@ pub fn decode_parts<'a>(
     const E: usize = off::EXT;
     let msg = match cmd {
         Command::Handshake => {
-            reserved(h, E + 14, E + 16)?; // 30..32 reserved
+            reserved(h, E + 15, E + 16)?; // 31 reserved
             Message::Handshake(Handshake {
                 replication: get_u8(h, E + 13)?,
+                flags: get_u8(h, E + 14)?,
                 channel: Channel::from_wire(get_u8(h, E + 12)?).ok_or(DecodeError::BadField)?,
                 proto_min: get_u8(h, A)?,
                 proto_max: get_u8(h, A + 1)?,

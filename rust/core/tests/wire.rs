@@ -179,6 +179,7 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
                     role,
                     channel,
                     replication,
+                    flags: 0,
                 }
             },
         )
@@ -492,7 +493,7 @@ fn golden_bytes() {
     assert_eq!(hs.len(), 64);
     assert_eq!(
         &hs[..16],
-        &[0x52, 0x4d, 0x01, 0x01, 48, 0, 0, 0, 1, 1, 2, 2, 1, 0, 0, 0]
+        &[0x52, 0x4d, 0x01, 0x01, 48, 0, 0, 0, 1, 1, 2, 2, 3, 0, 0, 0] // features SMALL_WRITE | PEER_BITMAP
     );
     assert_eq!(&hs[16..24], &wire_samples::DEV_SECTORS.to_le_bytes());
     assert_eq!(&hs[24..32], &[0, 0x10, 0, 0, 1, 2, 0, 0]); // region size, channel meta, protocol B
@@ -657,7 +658,9 @@ fn field_errors() {
     assert_eq!(bad(patched(&f[5], 13, &[1])), Err(DecodeError::BadField)); // ack
     assert_eq!(bad(patched(&f[4], 14, &[1])), Err(DecodeError::BadField)); // write data
     assert_eq!(bad(patched(&f[4], 28, &[1])), Err(DecodeError::BadField));
-    assert_eq!(bad(patched(&f[0], 30, &[1])), Err(DecodeError::BadField)); // handshake
+    assert_eq!(bad(patched(&f[0], 31, &[1])), Err(DecodeError::BadField)); // handshake
+    assert_eq!(bad(patched(&f[0], 30, &[2])), Err(DecodeError::BadField)); // unknown handshake flag
+    assert!(bad(patched(&f[0], 30, &[1])).is_ok()); // DISCARD_MY_DATA
     assert_eq!(bad(patched(&f[0], 29, &[4])), Err(DecodeError::BadField)); // replication protocol
     assert!(bad(patched(&f[0], 29, &[0])).is_ok()); // not stated: C
     assert_eq!(bad(patched(&f[0], 28, &[2])), Err(DecodeError::BadField)); // unknown channel

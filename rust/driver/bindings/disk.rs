@@ -201,6 +201,22 @@ impl<T: Operations> Disk<T> {
         // SAFETY: the disk is live by the type invariant.
         kernel::error::to_result(unsafe { ffi::rmirror_disk_begin_remove(self.raw.as_ptr()) })
     }
+
+    /// Runs `f` while nobody has the disk open and no open can begin (under the disk's open
+    /// mutex: `f` must not open the disk or sleep for long); `EBUSY` if it is open.
+    pub(crate) fn if_closed<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        let raw = self.raw.as_ptr();
+        // SAFETY: the disk is live by the type invariant; the lock is released below on
+        // every path (`f` is a Rust closure: a panic would not return here, and the kernel
+        // treats a panic as fatal anyway).
+        unsafe { ffi::rmirror_disk_open_lock(raw) };
+        // SAFETY: live disk; the open mutex is held.
+        let open = unsafe { ffi::rmirror_disk_openers(raw) } > 0;
+        let r = if open { Err(EBUSY) } else { Ok(f()) };
+        // SAFETY: locked above by this thread.
+        unsafe { ffi::rmirror_disk_open_unlock(raw) };
+        r
+    }
 }
 
 impl<T: Operations> Drop for Disk<T> {

@@ -37,6 +37,9 @@ unsafe extern "C" {
     ) -> *mut RawDisk;
     pub(super) fn rmirror_disk_destroy(disk: *mut RawDisk);
     pub(super) fn rmirror_disk_begin_remove(disk: *mut RawDisk) -> c_int;
+    pub(super) fn rmirror_disk_open_lock(disk: *mut RawDisk);
+    pub(super) fn rmirror_disk_open_unlock(disk: *mut RawDisk);
+    pub(super) fn rmirror_disk_openers(disk: *mut RawDisk) -> c_uint;
     pub(super) fn rmirror_bdev_nr_sectors(bdev: *mut block_device) -> u64;
     pub(super) fn rmirror_bdev_open_excl(path: *const c_char, holder: *mut c_void) -> *mut file;
 

@@ -40,6 +40,10 @@ pub(crate) mod errno {
     pub(crate) fn emediumtype() -> Error {
         e(bindings::EMEDIUMTYPE)
     }
+    /// `ENODATA`: no data available (no up-to-date data to be primary with).
+    pub(crate) fn enodata() -> Error {
+        e(bindings::ENODATA)
+    }
     /// `EOPNOTSUPP`: operation not supported.
     pub(crate) fn eopnotsupp() -> Error {
         e(bindings::EOPNOTSUPP)

@@ -89,9 +89,34 @@ pub enum Command {
     /// Let standalone device NAME connect to (primary) or accept (secondary) its peer again
     #[command(
         after_help = "Fails with EALREADY unless NAME is standalone (after `disconnect`, or \
-        after a handshake refused a split brain, unrelated data or another protocol)."
+        after a handshake refused a split brain, unrelated data or another protocol).\n\n\
+        Split brain (both sides wrote while apart): on the side whose writes are to be thrown \
+        away, as secondary, run `connect NAME --discard-my-data`; then `connect NAME` on the \
+        other. The next handshake makes the discarding side the sync target, and the regions \
+        either side wrote are copied to it (EINVAL on a primary)."
     )]
     Connect {
+        /// Device name
+        name: String,
+        /// Resolve a split brain by discarding this side's data (secondary only)
+        #[arg(long)]
+        discard_my_data: bool,
+    },
+
+    /// Promote device NAME to primary: it takes writes and replicates them to its peer
+    #[command(
+        after_help = "For a failover: the peer (the old primary) is gone or has been demoted.         Fails with EBUSY while connected to a primary (demote it first), with ENODATA when NAME         has no up-to-date data (a resync to it has not finished), with EINVAL without on-disk         metadata. Promotion starts a new data generation; the old primary rejoins as secondary         and is resynced from NAME (its writes never replicated are discarded). Promoting a         primary does nothing and succeeds."
+    )]
+    Primary {
+        /// Device name
+        name: String,
+    },
+
+    /// Demote device NAME to secondary: it stops taking writes and follows its peer
+    #[command(
+        after_help = "Fails with EBUSY while NAME is open or mounted. Queued outage writes go to         the bitmap; the connection is made again in the new direction (a secondary accepts).         Demoting a secondary does nothing and succeeds."
+    )]
+    Secondary {
         /// Device name
         name: String,
     },
@@ -145,8 +170,10 @@ impl Command {
             Command::CreateMd(a) => ("create-md", Some(a.backing.display().to_string())),
             Command::DumpMd(a) => ("dump-md", Some(a.backing.display().to_string())),
             Command::Remove { name } => ("remove", Some(name.clone())),
-            Command::Connect { name } => ("connect", Some(name.clone())),
+            Command::Connect { name, .. } => ("connect", Some(name.clone())),
             Command::Disconnect { name } => ("disconnect", Some(name.clone())),
+            Command::Primary { name } => ("primary", Some(name.clone())),
+            Command::Secondary { name } => ("secondary", Some(name.clone())),
             Command::Status { name, .. } => ("status", name.clone()),
             Command::List { .. } => ("list", None),
             Command::Table { name } => ("table", name.clone()),
@@ -218,6 +245,16 @@ fn explain(f: Failure, cmd: Cmd, name: &str, data: &str) -> Failure {
         (Cmd::Connect, libc::EALREADY) => f.hint(format!(
             "{name} is not standalone: it is already connecting or connected"
         )),
+        (Cmd::Primary, libc::EBUSY) => f.hint(format!(
+            "the peer of {name} is primary: run `rmirrorctl secondary {name}` there first (or disconnect)"
+        )),
+        (Cmd::Primary, libc::ENODATA) => f.hint(format!(
+            "{name} has no up-to-date data: a resync to it has not finished"
+        )),
+        (Cmd::Secondary, libc::EBUSY) => f.hint(format!("{name} is open or mounted")),
+        (Cmd::Connect, libc::EINVAL) if data == "discard-my-data" && abi::validate_name(name.as_bytes()).is_ok() => {
+            f.hint(format!("{name} is primary: a primary never discards its data (rmirrorctl secondary {name} first)"))
+        }
         (_, libc::EINVAL) if cmd.takes_name() => match abi::validate_name(name.as_bytes()) {
             Err(e) => f.hint(format!("name: {e}")),
             Ok(_) => f,
@@ -278,11 +315,25 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Remove { name } => {
             call(&open(cli)?, Cmd::Remove, name, "")?;
         }
-        Command::Connect { name } => {
-            call(&open(cli)?, Cmd::Connect, name, "")?;
+        Command::Connect {
+            name,
+            discard_my_data,
+        } => {
+            let opt = if *discard_my_data {
+                "discard-my-data"
+            } else {
+                ""
+            };
+            call(&open(cli)?, Cmd::Connect, name, opt)?;
         }
         Command::Disconnect { name } => {
             call(&open(cli)?, Cmd::Disconnect, name, "")?;
+        }
+        Command::Primary { name } => {
+            call(&open(cli)?, Cmd::Primary, name, "")?;
+        }
+        Command::Secondary { name } => {
+            call(&open(cli)?, Cmd::Secondary, name, "")?;
         }
         Command::Status { name, output } => {
             let ctl = open(cli)?;
@@ -508,8 +559,22 @@ mod tests {
             Command::Version
         ));
         let c = parse(&["connect", "r0"]).unwrap();
-        assert!(matches!(&c.command, Command::Connect { name } if name == "r0"));
+        assert!(
+            matches!(&c.command, Command::Connect { name, discard_my_data: false } if name == "r0")
+        );
+        let c = parse(&["connect", "r0", "--discard-my-data"]).unwrap();
+        assert!(matches!(
+            &c.command,
+            Command::Connect {
+                discard_my_data: true,
+                ..
+            }
+        ));
         assert_eq!(c.command.label(), ("connect", Some("r0".into())));
+        let c = parse(&["primary", "r0"]).unwrap();
+        assert_eq!(c.command.label(), ("primary", Some("r0".into())));
+        let c = parse(&["secondary", "r1"]).unwrap();
+        assert_eq!(c.command.label(), ("secondary", Some("r1".into())));
         let c = parse(&["disconnect", "r1"]).unwrap();
         assert!(matches!(&c.command, Command::Disconnect { name } if name == "r1"));
         assert_eq!(c.command.label(), ("disconnect", Some("r1".into())));
@@ -700,7 +765,29 @@ mod tests {
             "rmirrorctl: connect r0: Operation already in progress (EALREADY)\n\
              rmirrorctl: connect r0: hint: r0 is not standalone: it is already connecting or connected\n"
         );
-        for cmd in [Cmd::Connect, Cmd::Disconnect] {
+        let f = explain(Failure::os(libc::EBUSY), Cmd::Primary, "r0", "");
+        assert_eq!(
+            f.hints,
+            ["the peer of r0 is primary: run `rmirrorctl secondary r0` there first (or disconnect)"]
+        );
+        let f = explain(Failure::os(libc::ENODATA), Cmd::Primary, "r0", "");
+        assert_eq!(
+            f.hints,
+            ["r0 has no up-to-date data: a resync to it has not finished"]
+        );
+        let f = explain(
+            Failure::os(libc::EINVAL),
+            Cmd::Connect,
+            "r0",
+            "discard-my-data",
+        );
+        assert_eq!(
+            f.hints,
+            ["r0 is primary: a primary never discards its data (rmirrorctl secondary r0 first)"]
+        );
+        let f = explain(Failure::os(libc::EBUSY), Cmd::Secondary, "r0", "");
+        assert_eq!(f.hints, ["r0 is open or mounted"]);
+        for cmd in [Cmd::Connect, Cmd::Disconnect, Cmd::Primary, Cmd::Secondary] {
             let f = explain(Failure::os(libc::ENXIO), cmd, "r9", "");
             assert_eq!(f.hints, ["no rmirror device named r9"]);
             let f = explain(Failure::os(libc::EPERM), cmd, "r0", "");

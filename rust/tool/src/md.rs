@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use rmirror_core::meta::{self, Kind, Layout, Superblock, BLOCK_SECTORS, SUPERBLOCK_SIZE};
-use rmirror_core::table::{Meta, SECTOR_SHIFT};
 use rmirror_core::state::resync;
+use rmirror_core::table::{Meta, SECTOR_SHIFT};
 use rmirror_core::{al, bitmap};
 use serde_json::{Map, Value};
 
@@ -492,7 +492,11 @@ fn create(args: &CreateMdArgs) -> Result<String, Failure> {
     } else if args.overwrite_data_of_peer {
         let mut u = resync::Uuids::just_created();
         u.new_current(random_uuid()? | 2);
-        sb.uuids = meta::Uuids { current: u.current, bitmap: u.bitmap, history: u.history };
+        sb.uuids = meta::Uuids {
+            current: u.current,
+            bitmap: u.bitmap,
+            history: u.history,
+        };
         sb.flags |= meta::MDF_CONSISTENT;
         "this node's data counts (--overwrite-data-of-peer): full sync to a fresh peer"
     } else {
@@ -726,7 +730,13 @@ mod tests {
         assert!(text.contains("--clear-bitmap"), "{text}");
         let v = dump_json(&disk, None);
         assert_eq!(v["current_uuid"], format!("{:016X}", resync::DAY0));
-        assert!(v["flags"].as_array().unwrap().contains(&"consistent".into()), "{v}");
+        assert!(
+            v["flags"]
+                .as_array()
+                .unwrap()
+                .contains(&"consistent".into()),
+            "{v}"
+        );
         args.clear_bitmap = false;
         args.overwrite_data_of_peer = true;
         create_md(&args).unwrap();
@@ -735,7 +745,12 @@ mod tests {
         assert!(current != meta::UUID_JUST_CREATED && current != resync::DAY0 && current & 1 == 0);
         assert_eq!(v["bitmap_uuid"], "0000000000000004");
         // A fresh peer is a full-sync target of this side.
-        let ours = resync::Uuids { current, bitmap: 4, history: [0; 2], flags: 0 };
+        let ours = resync::Uuids {
+            current,
+            bitmap: 4,
+            history: [0; 2],
+            flags: 0,
+        };
         assert_eq!(
             resync::compare(&ours, &resync::Uuids::just_created(), true).decision,
             resync::Decision::SyncSource { full: true }

@@ -69,7 +69,15 @@ fn stderr(out: &Output) -> String {
 /// Runs `cmd` (write or verify) on the scratch disk and log, 1 MiB, buffered I/O.
 fn sub(cmd: &str, s: &Scratch, extra: &[&str]) -> Output {
     let (disk, log) = (s.disk(), s.log());
-    let mut args = vec![cmd, path(&disk), "--log", path(&log), "--size", "1M", "--no-direct"];
+    let mut args = vec![
+        cmd,
+        path(&disk),
+        "--log",
+        path(&log),
+        "--size",
+        "1M",
+        "--no-direct",
+    ];
     args.extend_from_slice(extra);
     run(&args)
 }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-//! `rmirrorctl connect` and `disconnect` without a module: usage, exit codes and messages.
+//! `rmirrorctl connect`, `disconnect`, `primary` and `secondary` without a module: usage, exit
+//! codes and messages.
 
 use std::process::{Command, Output};
 
@@ -17,7 +18,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn missing_control_node() {
-    for verb in ["connect", "disconnect"] {
+    for verb in ["connect", "disconnect", "primary", "secondary"] {
         let o = run(&["--control", "/nonexistent/rmirror-control", verb, "r0"]);
         assert_eq!(o.status.code(), Some(1), "{verb}: {}", stderr(&o));
         assert!(o.stdout.is_empty());
@@ -36,7 +37,7 @@ fn not_a_control_node() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("ctl");
     std::fs::write(&path, b"").unwrap();
-    for verb in ["connect", "disconnect"] {
+    for verb in ["connect", "disconnect", "primary", "secondary"] {
         let o = run(&["--control", path.to_str().unwrap(), verb, "r0"]);
         assert_eq!(o.status.code(), Some(1));
         assert_eq!(
@@ -52,6 +53,8 @@ fn usage() {
         &["connect"][..],
         &["disconnect"],
         &["connect", "r0", "extra"],
+        &["primary"],
+        &["secondary", "r0", "r1"],
     ] {
         let o = run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");

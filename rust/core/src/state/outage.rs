@@ -21,8 +21,8 @@
 //! ```
 //!
 //! Crash safety of the *primary* is not the queue's job: the activity log covers every
-//! queued write, so an AL extent holding a queued write must not be retired before that
-//! write is acked by the peer (see Documentation/state-machines.rst).
+//! queued write, and before it retires an extent the driver marks the queued writes in it
+//! out of sync ([`Queue::ranges`]; see Documentation/state-machines.rst).
 
 use core::ops::DerefMut;
 
@@ -160,6 +160,15 @@ impl<S: DerefMut<Target = [Entry]>> Queue<S> {
         // head < cap and i < cap, so the sum cannot overflow usize meaningfully.
         let cap = self.slots.len();
         (self.head + i) % cap
+    }
+
+    /// Ranges `(sector, len)` of the entries not acked yet, oldest first; they stay queued.
+    /// The activity log asks for them before it retires an extent (the peer lacks them).
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        (0..self.len)
+            .map(|i| self.slots[self.slot(i)])
+            .filter(|e| !e.acked)
+            .map(|e| (e.sector, e.len))
     }
 
     /// Queues a write at the tail (see [`Push`] for what the caller must do).
@@ -301,6 +310,29 @@ impl<S: DerefMut<Target = [Entry]>> Iterator for Drain<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_list_what_the_peer_has_not_acked() {
+        let mut st = [Entry::EMPTY; 4];
+        let mut q = Queue::new(&mut st[..], 1 << 20);
+        for i in 0..4 {
+            assert_eq!(q.push(Entry::new(i * 8, 4096, i as u32)), Push::Queued(i));
+        }
+        q.mark_sent().unwrap();
+        q.mark_sent().unwrap();
+        // Entry 1 acked before entry 0: it stays queued, but the peer has it.
+        assert_eq!(q.ack(1, |_| {}), Ok(0));
+        let mut got = [(0u64, 0u32); 4];
+        let mut n = 0;
+        for r in q.ranges() {
+            got[n] = r;
+            n += 1;
+        }
+        assert_eq!(&got[..n], &[(0, 4096), (16, 4096), (24, 4096)]);
+        assert_eq!(q.len(), 4, "listing takes nothing out");
+        assert_eq!(q.ack(0, |_| {}), Ok(2));
+        assert_eq!(q.ranges().count(), 2);
+    }
 
     #[test]
     fn barrier_ack_releases_what_was_sent_before_it() {

@@ -162,6 +162,21 @@ const fn v(decision: Decision, rule: u16) -> Verdict {
     Verdict { decision, rule, fixup: Fixup::None }
 }
 
+/// DRBD's manual split-brain recovery (`connect --discard-my-data` on the victim): the side
+/// that discards its data becomes the sync target. When the split brain was found by rule 90
+/// (both bitmaps track changes since the same generation) the union of both bitmaps covers
+/// every region either side wrote apart, so a bitmap-based resync suffices (the target's
+/// bitmap reaches the source in the bitmap exchange); otherwise the whole device is copied.
+/// `None` when neither side or both asked: the split brain stands.
+pub fn resolve_split_brain(rule: u16, local_discards: bool, peer_discards: bool) -> Option<Decision> {
+    let full = rule != 90;
+    match (local_discards, peer_discards) {
+        (true, false) => Some(Decision::SyncTarget { full }),
+        (false, true) => Some(Decision::SyncSource { full }),
+        _ => None,
+    }
+}
+
 /// Bitmap UUID bump used when a sync source starts a resync (DRBD's `UUID_NEW_BM_OFFSET`).
 pub const NEW_BM_OFFSET: u64 = 0x0001_0000_0000_0000;
 
@@ -445,6 +460,17 @@ impl<const N: usize> Controller<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_brain_resolution_follows_the_discarding_side() {
+        assert_eq!(resolve_split_brain(90, true, false), Some(Decision::SyncTarget { full: false }));
+        assert_eq!(resolve_split_brain(90, false, true), Some(Decision::SyncSource { full: false }));
+        // Without a common bitmap generation the bitmaps do not cover everything.
+        assert_eq!(resolve_split_brain(100, true, false), Some(Decision::SyncTarget { full: true }));
+        assert_eq!(resolve_split_brain(45, false, true), Some(Decision::SyncSource { full: true }));
+        assert_eq!(resolve_split_brain(90, false, false), None);
+        assert_eq!(resolve_split_brain(90, true, true), None);
+    }
     use Decision::*;
 
     fn u(current: u64, bitmap: u64, h0: u64, h1: u64) -> Uuids {

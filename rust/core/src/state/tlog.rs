@@ -237,6 +237,14 @@ impl<W: DerefMut<Target = [Written]>, B: DerefMut<Target = [Barrier]>> TransferL
         Some((w.sector, w.len))
     }
 
+    /// Ranges `(sector, len)` of the writes in the log, oldest first; they stay in it. The
+    /// activity log asks for them before it retires an extent (the peer may lack them).
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        (0..self.writes.len)
+            .filter_map(|k| self.writes.get(k))
+            .map(|w| (w.sector, w.len))
+    }
+
     /// The connection was lost: every write still in the log (the peer may lack it) is
     /// passed to `mark`, and the log is emptied, barriers included.
     pub fn drain(&mut self, mut mark: impl FnMut(u64, u32)) -> usize {
@@ -256,6 +264,30 @@ mod tests {
 
     fn log<'a>(w: &'a mut [Written], b: &'a mut [Barrier]) -> TransferLog<&'a mut [Written], &'a mut [Barrier]> {
         TransferLog::new(w, b)
+    }
+
+    #[test]
+    fn ranges_list_the_writes_awaiting_a_barrier_ack() {
+        let (mut w, mut b) = ([Written::EMPTY; 4], [Barrier::EMPTY; 2]);
+        let mut t = log(&mut w, &mut b);
+        for i in 0..3u32 {
+            let n = t.sent();
+            t.completed(n, i, u64::from(i) * 8, 4096).unwrap();
+        }
+        let _ = t.sent();
+        t.barrier_sent(1, None).unwrap();
+        let n = t.sent();
+        t.completed(n, 9, 100, 512).unwrap();
+        let mut got = [(0u64, 0u32); 4];
+        let mut k = 0;
+        for r in t.ranges() {
+            got[k] = r;
+            k += 1;
+        }
+        assert_eq!(&got[..k], &[(0, 4096), (8, 4096), (16, 4096), (100, 512)]);
+        assert_eq!(t.len(), 4, "listing takes nothing out");
+        t.barrier_acked(1).unwrap();
+        assert_eq!(t.ranges().next(), Some((100, 512)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ const BLK_SECT: u64 = 8;
 const DEV_SECT: u64 = NBLK * BLK_SECT;
 const REGION_SHIFT: u32 = 12;
 const AL_SHIFT: u32 = 15;
-const AL_EXTENTS: u32 = 12;
+const AL_EXTENTS: u32 = 7;
 const AL_UUID: u64 = 0x5EED;
 const TICK: u64 = 10;
 /// End of the fault phase (ms of simulated time).
@@ -50,6 +50,11 @@ pub struct Bugs {
     pub no_rotation_on_promote: bool,
     /// The sync source copies every region, not only the marked ones.
     pub resync_everything: bool,
+    /// An activity log transaction retires extents without marking the outage queue's writes
+    /// in them out of sync first.
+    pub skip_retire_marks: bool,
+    /// The sync source ignores the target's bitmap (no `PEER_BITMAP` exchange).
+    pub ignore_peer_bitmap: bool,
 }
 
 /// Counters of one run.
@@ -81,6 +86,10 @@ pub struct Stats {
     pub resyncs: u64,
     /// Simulated milliseconds until convergence.
     pub end_ms: u64,
+    /// Queued writes marked out of sync because a transaction retired their extent.
+    pub retire_marks: u64,
+    /// Split brains resolved by `discard-my-data` at a handshake.
+    pub sb_resolved: u64,
 }
 
 impl Stats {
@@ -99,6 +108,8 @@ impl Stats {
         self.crashes += s.crashes;
         self.resyncs += s.resyncs;
         self.end_ms = self.end_ms.max(s.end_ms);
+        self.retire_marks += s.retire_marks;
+        self.sb_resolved += s.sb_resolved;
     }
 }
 
@@ -109,7 +120,7 @@ enum Msg {
     Fin,
     /// `b_promoted` is simulator truth at send time (a stalled Hello may arrive after the
     /// operator resolved the split brain it reveals).
-    Hello { uuids: Uuids, disk: Disk, runs: Vec<(u64, u64)>, b_promoted: bool },
+    Hello { uuids: Uuids, disk: Disk, runs: Vec<(u64, u64)>, b_promoted: bool, discard: bool },
     Data { req: u64, first: u64, n: u64, val: u64, q: Option<u64>, proto: Protocol },
     RecvAck { req: u64 },
     Ack { req: u64, q: Option<u64> },
@@ -212,6 +223,8 @@ struct Node {
     /// them is older and must be dropped).
     rs_written: BTreeSet<u64>,
     want_primary_at: Option<u64>,
+    /// The operator said `connect --discard-my-data` (until a resync as target starts).
+    discard_my_data: bool,
 }
 
 /// Ground truth kept by the simulator (not visible to the nodes).
@@ -303,6 +316,7 @@ impl Node {
             busy: vec![0; NBLK as usize],
             rs_written: BTreeSet::new(),
             want_primary_at: None,
+            discard_my_data: false,
         }
     }
 }
@@ -567,7 +581,13 @@ impl World {
         if a.send_handshake {
             let node = &self.nodes[n];
             let runs = node.bm.runs(0).map(|r| (r.start, r.len)).collect();
-            let m = Msg::Hello { uuids: node.uuids, disk: node.dev.disk, runs, b_promoted: self.truth.b_promoted };
+            let m = Msg::Hello {
+                uuids: node.uuids,
+                disk: node.dev.disk,
+                runs,
+                b_promoted: self.truth.b_promoted,
+                discard: node.discard_my_data,
+            };
             self.send(n, m);
         }
         if a.send_ping {
@@ -604,7 +624,6 @@ impl World {
         for e in node.queue.drain() {
             let sectors = u64::from(e.len) / 512;
             newly += node.bm.set_range(e.sector, sectors).unwrap();
-            node.al.end_write(e.sector, sectors).unwrap();
             k += 1;
         }
         if let Some(src) = node.src.as_mut() {
@@ -626,10 +645,32 @@ impl World {
     }
 
     fn commit_al(&mut self, n: usize) {
+        let skip_marks = self.bugs.skip_retire_marks;
+        let stats = &mut self.stats;
         let node = &mut self.nodes[n];
         while node.al.needs_transaction() {
             let mut buf = [0u8; al::SLOT_SIZE];
             let tr = node.al.encode_transaction(&mut buf).unwrap();
+            // The driver's rule (`actlog`): writes the peer has not acked (outage queue) in the
+            // extents this transaction retires go to the bitmap first, since after a crash the
+            // log no longer names those extents. (Writes hold their extents only until they
+            // complete locally, so a long outage never pins the log.)
+            let retired: Vec<u32> = node.al.evicted(&tr).collect();
+            if !skip_marks && !retired.is_empty() {
+                let shift = AL_SHIFT - 9;
+                let ranges: Vec<(u64, u32)> = node.queue.ranges().collect();
+                let mut newly = 0;
+                for (sector, len) in ranges {
+                    let (first, last) = (sector >> shift, (sector + u64::from(len) / 512 - 1) >> shift);
+                    if len > 0 && retired.iter().any(|&e| (first..=last).contains(&u64::from(e))) {
+                        newly += node.bm.set_range(sector, u64::from(len) / 512).unwrap();
+                        stats.retire_marks += 1;
+                    }
+                }
+                if let Some(src) = node.src.as_mut() {
+                    src.marked += newly;
+                }
+            }
             // The transaction is written with REQ_PREFLUSH: completed data writes of evicted
             // extents are on stable storage before the log forgets them.
             node.disk.flush();
@@ -658,13 +699,7 @@ impl World {
             return;
         }
         let (sector, sectors) = (first * BLK_SECT, cnt * BLK_SECT);
-        let mut got = node.al.begin_write(sector, sectors);
-        if got == Err(al::Error::Busy) && !node.queue.is_empty() {
-            // Queued writes pin the log's extents: fall back to the bitmap to unpin them.
-            self.drain_queue(n);
-            got = self.nodes[n].al.begin_write(sector, sectors);
-        }
-        match got {
+        match node.al.begin_write(sector, sectors) {
             Ok(_) => {}
             Err(al::Error::Busy) => return,
             Err(e) => return self.fail(format!("al begin_write: {}", e.as_str())),
@@ -774,9 +809,8 @@ impl World {
             for b in first..first + cnt {
                 node.busy[b as usize] -= 1;
             }
-            if !queued {
-                node.al.end_write(first * BLK_SECT, cnt * BLK_SECT).unwrap();
-            }
+            let _ = queued;
+            node.al.end_write(first * BLK_SECT, cnt * BLK_SECT).unwrap();
         }
     }
 
@@ -836,7 +870,9 @@ impl World {
             }
         }
         match msg {
-            Msg::Hello { uuids, disk, runs, b_promoted } => self.handshake(n, uuids, disk, runs, b_promoted),
+            Msg::Hello { uuids, disk, runs, b_promoted, discard } => {
+                self.handshake(n, uuids, disk, runs, b_promoted, discard)
+            }
             Msg::Data { req, first, n: cnt, val, q, proto } => {
                 if proto == Protocol::B && q.is_none() {
                     self.send(n, Msg::RecvAck { req });
@@ -851,10 +887,7 @@ impl World {
             Msg::Ack { req, q: None } => self.req_event(n, req, Event::AckDurable),
             Msg::Ack { q: Some(seq), .. } => {
                 let node = &mut self.nodes[n];
-                let al = &mut node.al;
-                let r = node.queue.ack(seq, |e| {
-                    al.end_write(e.sector, u64::from(e.len) / 512).unwrap();
-                });
+                let r = node.queue.ack(seq, |_| {});
                 match r {
                     Ok(_) | Err(outage::Error::Released) => {}
                     Err(e) => return self.fail(format!("n{n} queue ack {seq}: {}", e.as_str())),
@@ -922,7 +955,8 @@ impl World {
         }
     }
 
-    fn handshake(&mut self, n: usize, peer: Uuids, peer_disk: Disk, runs: Vec<(u64, u64)>, b_promoted: bool) {
+    fn handshake(&mut self, n: usize, peer: Uuids, peer_disk: Disk, runs: Vec<(u64, u64)>, b_promoted: bool,
+        peer_discards: bool) {
         if self.nodes[n].conn.state() != CState::Handshake {
             return;
         }
@@ -952,6 +986,16 @@ impl World {
         if both_wrote && d != Decision::SplitBrain {
             return self.fail(format!("split brain missed: both wrote apart, n{n} says {} (rule {})", d.as_str(), v.rule));
         }
+        // The operator's resolution (`connect --discard-my-data` on the victim).
+        if d == Decision::SplitBrain {
+            if let Some(r) = resync::resolve_split_brain(v.rule, self.nodes[n].discard_my_data, peer_discards) {
+                self.log(format_args!("n{n} split brain resolved: {}", r.as_str()));
+                if n == 0 {
+                    self.stats.sb_resolved += 1;
+                }
+                d = r;
+            }
+        }
         match d {
             Decision::Unrelated => return self.fail(format!("n{n}: unrelated data (rule {})", v.rule)),
             Decision::SplitBrain => {
@@ -976,8 +1020,9 @@ impl World {
                 return self.fail(format!("verdicts disagree: n{n} {} vs {}", d.as_str(), pd.as_str()));
             }
         }
+        let ignore = self.bugs.ignore_peer_bitmap;
         let node = &mut self.nodes[n];
-        for (s, l) in runs {
+        for (s, l) in runs.into_iter().filter(|_| !ignore) {
             if node.bm.set_bits(s, l).is_err() {
                 return self.fail("bad bitmap runs".into());
             }
@@ -987,6 +1032,8 @@ impl World {
             self.stats.full_syncs += 1;
         }
         node.verdict = Some((e, d));
+        // The operator's flag is for one handshake (DRBD's `--discard-my-data`).
+        node.discard_my_data = false;
         self.install_verdict(n, d);
         let a = self.nodes[n].conn.on_handshake_ok(self.now).unwrap();
         self.apply(n, a);
@@ -1134,6 +1181,8 @@ impl World {
                 let disconnected = st != CState::Connected || self.nodes[n].dev.repl == Repl::Off;
                 self.nodes[n].dev = ns;
                 self.nodes[n].want_primary_at = None;
+                // A primary never discards its data (the driver refuses the flag on one).
+                self.nodes[n].discard_my_data = false;
                 if disconnected {
                     self.check_failover(n);
                 }
@@ -1285,8 +1334,9 @@ impl World {
     }
 
     fn resolve(&mut self) {
-        // The operator demotes B, waits for its writes to drain, and discards B's data
-        // (`invalidate`): full sync from A.
+        // The operator demotes B, waits for its writes to drain, and connects it with
+        // `--discard-my-data`: at the next handshake the split brain resolves into a resync
+        // from A (from both bitmaps when they track the same generation, else full).
         self.nodes[1].dev.role = Role::Secondary;
         if !self.nodes[1].reqs.is_empty() {
             self.at(self.now + 20, Ev::Fault(Fault::Resolve));
@@ -1294,9 +1344,8 @@ impl World {
         }
         self.resolve_pending = false;
         let b = &mut self.nodes[1];
-        b.dev = device::State { role: Role::Secondary, disk: Disk::Inconsistent, ..b.dev };
-        b.uuids = Uuids::default();
-        b.bm.set_all();
+        b.dev = device::State { role: Role::Secondary, ..b.dev };
+        b.discard_my_data = true;
         self.truth.wrote_apart[1] = false;
         self.truth.b_promoted = false;
         self.completed[1].iter_mut().for_each(|v| *v = 0);

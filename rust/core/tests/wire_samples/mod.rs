@@ -32,6 +32,7 @@ pub fn handshake() -> Handshake {
         role: Role::Secondary,
         channel: Channel::Meta,
         replication: 2,
+        flags: 0,
     }
 }
 
