@@ -101,10 +101,7 @@ pub(crate) fn recover(md: &mut Md, backing: &crate::bindings::bdev::BackingDev, 
     let rec = al::recover(cfg.device_uuid, cfg.extent_shift, slots, &mut scratch);
     let clean = md.sb().has(meta::MDF_AL_CLEAN);
     let before = bm.weight_sectors();
-    let mut extents = 0u32;
-    for _ in rec.extents() {
-        extents += 1;
-    }
+    let extents = u32::try_from(rec.extents().count()).unwrap_or(u32::MAX);
     if !clean {
         if rec.complete {
             for (s, n) in rec.sector_ranges(sectors) {
@@ -221,13 +218,24 @@ impl Device {
     pub(crate) fn al_transaction(&self) -> Result {
         let mut guard = self.md.lock();
         let Some(md) = (*guard).as_mut() else { return Err(EIO) };
+        if !self.al_due() {
+            return Ok(());
+        }
+        let res = self.al_write_next(md);
+        drop(guard);
+        self.al_cv.notify_all();
+        res
+    }
+
+    /// Encodes the next transaction (whatever is queued, and the next context window), makes
+    /// the bitmap on disk cover the extents it retires, writes it to its ring slot and commits
+    /// it, or aborts it on an I/O error (writes waiting for it then fail). The caller holds the
+    /// metadata lock (`md`) and wakes the waiters.
+    fn al_write_next(&self, md: &mut Md) -> Result {
         let mut retire = [0u32; MAX_RETIRE];
         let (tr, n, shift) = {
             let mut g = self.al.lock();
-            let Some(a) = (*g).as_mut() else { return Ok(()) };
-            if !a.log.needs_transaction() {
-                return Ok(());
-            }
+            let Some(a) = (*g).as_mut() else { return Err(EIO) };
             let tr = a.log.encode_transaction(md.al_block()?).map_err(|_| EIO)?;
             let mut n = 0;
             for e in a.log.evicted(&tr) {
@@ -242,27 +250,22 @@ impl Device {
         if n > 0 {
             // The extents are forgotten once the transaction is on disk: what the peer may
             // lack in them must be in the bitmap on disk first.
-            self.mark_unreplicated(&retire[..n], shift);
+            self.mark_unreplicated(Some((&retire[..n], shift)));
             res = self.md_writeback_locked(md, false);
         }
         if res.is_ok() {
             res = md.write_al_slot(&self.backing, tr.ring_slot);
         }
-        {
-            let mut g = self.al.lock();
-            if let Some(a) = (*g).as_mut() {
-                if res.is_ok() {
-                    let _ = a.log.commit(tr);
-                    a.stats.transactions += 1;
-                    a.stats.retired += n as u64;
-                } else {
-                    let _ = a.log.abort(tr);
-                    a.failures += 1;
-                }
+        if let Some(a) = (*self.al.lock()).as_mut() {
+            if res.is_ok() {
+                let _ = a.log.commit(tr);
+                a.stats.transactions += 1;
+                a.stats.retired += n as u64;
+            } else {
+                let _ = a.log.abort(tr);
+                a.failures += 1;
             }
         }
-        drop(guard);
-        self.al_cv.notify_all();
         if let Err(e) = &res {
             pr_err!("{}: activity log: transaction {} could not be written: error {}\n", &*self.cfg.name,
                 tr.seq, e.to_errno());
@@ -270,19 +273,15 @@ impl Device {
         res
     }
 
-    /// Marks out of sync the writes kept for the peer (outage queue, transfer log) that lie in
-    /// the extents `retire` (of `1 << shift` bytes).
-    fn mark_unreplicated(&self, retire: &[u32], shift: u32) {
-        let in_retired = |sector: u64, len: u32| {
-            let first = sector >> (shift - 9);
-            let last = sector.saturating_add(u64::from(len.div_ceil(512)).max(1) - 1) >> (shift - 9);
-            retire.iter().any(|&e| (first..=last).contains(&u64::from(e)))
-        };
+    /// Marks out of sync the writes kept for the peer (outage queue, transfer log): those that
+    /// touch `retire` (extents, and their log2 size in bytes), or all of them (`None`).
+    fn mark_unreplicated(&self, retire: Option<(&[u32], u32)>) {
         let c = self.conn.lock();
         let mut bm = self.bitmap.lock();
         for (sector, len) in Iterator::chain(c.outq.ranges(), c.tlog.ranges()) {
-            if len > 0 && in_retired(sector, len) {
-                let _ = bm.set_range(sector, u64::from(len.div_ceil(512)));
+            let sectors = u64::from(len.div_ceil(512));
+            if len > 0 && retire.is_none_or(|(ext, shift)| al::touches_any(shift, ext, sector, sectors)) {
+                let _ = bm.set_range(sector, sectors);
             }
         }
     }
@@ -336,24 +335,10 @@ impl Device {
             self.al_cv.notify_all();
             return Err(EINVAL);
         };
-        let shift = cfg.extent_shift;
-        let mut res = {
-            // Everything the old log knew is forgotten: all of it counts as retired.
-            let old: KVec<u32> = {
-                let g = self.al.lock();
-                let mut v = KVec::new();
-                if let Some(a) = (*g).as_ref() {
-                    for e in a.log.active_extents() {
-                        if v.push(e, GFP_ATOMIC).is_err() {
-                            break;
-                        }
-                    }
-                }
-                v
-            };
-            self.mark_unreplicated(&old, shift);
-            self.md_writeback_locked(md, false)
-        };
+        // Everything the old log knew is forgotten; it is idle, so the writes the peer may lack
+        // are exactly those kept for it.
+        self.mark_unreplicated(None);
+        let mut res = self.md_writeback_locked(md, false);
         if res.is_ok() {
             let mut g = self.al.lock();
             if let Some(a) = (*g).as_mut() {
@@ -370,22 +355,7 @@ impl Device {
             if res.is_err() {
                 break;
             }
-            let tr = {
-                let mut g = self.al.lock();
-                let Some(a) = (*g).as_mut() else { break };
-                match md.al_block().and_then(|b| a.log.encode_transaction(b).map_err(|_| EIO)) {
-                    Ok(tr) => tr,
-                    Err(e) => {
-                        res = Err(e);
-                        break;
-                    }
-                }
-            };
-            res = md.write_al_slot(&self.backing, tr.ring_slot);
-            let mut g = self.al.lock();
-            if let Some(a) = (*g).as_mut() {
-                let _ = if res.is_ok() { a.log.commit(tr) } else { a.log.abort(tr) };
-            }
+            res = self.al_write_next(md);
         }
         if res.is_ok() {
             md.set_al_extents(n);

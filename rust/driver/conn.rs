@@ -211,7 +211,7 @@ impl Device {
         if peer.channel != Channel::Data {
             return Err(fail("the peer answered on the wrong channel"));
         }
-        let small = self.check_peer(&peer).map_err(fail)?;
+        let features = self.check_peer(&peer).map_err(fail)?;
         if let Err(why) = self.check_protocol(&peer) {
             pr_err!("{}: {} ({}, ours {}): fix one table\n", &*self.cfg.name, why,
                 Protocol::from_u8(peer.replication).map_or("C", |p| p.as_str()), self.cfg.protocol.as_str());
@@ -235,7 +235,7 @@ impl Device {
             return Err(fail("the peer answered on the wrong channel"));
         }
         self.check_peer(&peer).map_err(fail)?;
-        self.complete(generation, meta, small).map_err(fail)?;
+        self.complete(generation, meta, features).map_err(fail)?;
         Ok(generation)
     }
 
@@ -424,7 +424,7 @@ pub(crate) fn secondary_accept(l: &Arc<Listener>) {
 fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8], rle: &mut [u8])
     -> core::result::Result<(), &'static str> {
     let peer = dev.recv_handshake(&*link, buf)?;
-    let small = dev.check_peer(&peer)?;
+    let features = dev.check_peer(&peer)?;
     let stop = || dev.stopping();
     match peer.channel {
         Channel::Data => {
@@ -470,12 +470,12 @@ fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8], rle: &mut 
                 dev.connection_lost(generation, "cannot send the meta handshake");
                 return Ok(());
             }
-            if let Err(why) = dev.complete(generation, link.clone(), small) {
+            if let Err(why) = dev.complete(generation, link.clone(), features) {
                 dev.connection_lost(generation, why);
                 return Ok(());
             }
             // Our bitmap goes to the primary, which ORs it into its own (see PEER_BITMAP).
-            if small & feature::PEER_BITMAP != 0 && dev.send_bitmap(&*link, generation, rle).is_err() {
+            if features & feature::PEER_BITMAP != 0 && dev.send_bitmap(&*link, generation, rle).is_err() {
                 dev.connection_lost(generation, "cannot send the bitmap");
             }
             Ok(())

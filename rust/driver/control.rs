@@ -35,25 +35,29 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// The live device named `name`.
-    fn live(&self, name: &[u8]) -> Result<&Entry> {
+    /// The slot of the live device named `name`.
+    fn find(&self, name: &[u8]) -> Result<usize> {
         self.slots
             .iter()
-            .find_map(|s| match s {
-                Slot::Live(e) if e.dev.cfg.name.to_bytes() == name => Some(e),
-                _ => None,
-            })
+            .position(|s| matches!(s, Slot::Live(e) if e.dev.cfg.name.to_bytes() == name))
             .ok_or(ENXIO)
     }
 
+    /// The live device named `name`.
+    fn live(&self, name: &[u8]) -> Result<&Entry> {
+        match self.slots.get(self.find(name)?) {
+            Some(Slot::Live(e)) => Ok(e),
+            _ => Err(ENXIO),
+        }
+    }
+
+    /// The live device named `name`, to change it (a role change).
     fn live_mut(&mut self, name: &[u8]) -> Result<&mut Entry> {
-        self.slots
-            .iter_mut()
-            .find_map(|s| match s {
-                Slot::Live(e) if e.dev.cfg.name.to_bytes() == name => Some(e),
-                _ => None,
-            })
-            .ok_or(ENXIO)
+        let i = self.find(name)?;
+        match self.slots.get_mut(i) {
+            Some(Slot::Live(e)) => Ok(e),
+            _ => Err(ENXIO),
+        }
     }
 
     fn taken(&self, name: &Name) -> bool {
@@ -264,11 +268,7 @@ impl Control {
     fn remove(&self, name: &Name) -> Result {
         let (i, e) = {
             let mut reg = self.registry.lock();
-            let i = reg
-                .slots
-                .iter()
-                .position(|s| matches!(s, Slot::Live(e) if e.dev.cfg.name.to_bytes() == name.as_bytes()))
-                .ok_or(ENXIO)?;
+            let i = reg.find(name.as_bytes())?;
             let Slot::Live(e) = core::mem::replace(&mut reg.slots[i], Slot::Busy(*name)) else { return Err(ENXIO) };
             if let Err(err) = e.begin_remove() {
                 pr_err!("{}: cannot remove: device is open\n", name.as_str());

@@ -409,12 +409,12 @@ impl Device {
         Ok(entry)
     }
 
-    /// Replays the activity log ring of `md` into `bitmap` (see `al::recover`) and sets the
+    /// Replays the activity log ring of `md` into `bitmap` (see `actlog::recover`) and sets the
     /// superblock's flags for this role: a primary's log is in use from now on (not clean); a
     /// secondary does not use it (clean: what the ring named is in the bitmap now).
     fn recover_al(cfg: &Config, md: &mut crate::md::Md, backing: &BackingDev, bitmap: &mut crate::resync::Fracture)
         -> Result<crate::actlog::Al> {
-        use crate::rcore::{al as ral, meta};
+        use crate::rcore::al as ral;
         let shift = md.sb().al_extent_shift;
         let span = u64::from(ral::MIN_EXTENTS.min(ral::UPDATES_PER_TRANSACTION as u32) - 1) << (shift - 9);
         if span + 1 < u64::from(MAX_IO_SECTORS) {
@@ -431,10 +431,7 @@ impl Device {
             pr_info!("{}: activity log: not shut down cleanly: {} extents, {} KiB newly marked out of sync\n",
                 &*cfg.name, r.extents, r.marked_sectors / 2);
         }
-        match cfg.role {
-            Role::Primary => md.set_flags(meta::MDF_PRIMARY_IND, meta::MDF_AL_CLEAN),
-            Role::Secondary => md.set_flags(meta::MDF_AL_CLEAN, meta::MDF_PRIMARY_IND),
-        }
+        md.set_role_flags(cfg.role);
         Ok(al)
     }
 
@@ -693,11 +690,7 @@ impl Entry {
             dev.conn.lock().discard_my_data = false;
         }
         if let Some(md) = (*dev.md.lock()).as_mut() {
-            use crate::rcore::meta::{MDF_AL_CLEAN, MDF_PRIMARY_IND};
-            match want {
-                Role::Primary => md.set_flags(MDF_PRIMARY_IND, MDF_AL_CLEAN),
-                Role::Secondary => md.set_flags(MDF_AL_CLEAN, MDF_PRIMARY_IND),
-            }
+            md.set_role_flags(want);
         }
         if let Err(e) = dev.md_writeback(true) {
             pr_err!("{}: {}: cannot write the metadata: error {}\n", name, verb, e.to_errno());

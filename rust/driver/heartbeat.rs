@@ -216,10 +216,12 @@ impl Device {
         if c.peer_bitmap != PeerBitmap::Awaited {
             return Err("a bitmap from the secondary not expected now");
         }
-        let before = self.bitmap.lock().weight();
-        self.bitmap.lock().rle_decode(offset, bits, rle, RleApply::Merge)
-            .map_err(|_| "bitmap chunk does not fit the device")?;
-        let added = self.bitmap.lock().weight() - before;
+        let added = {
+            let mut bm = self.bitmap.lock();
+            let before = bm.weight();
+            bm.rle_decode(offset, bits, rle, RleApply::Merge).map_err(|_| "bitmap chunk does not fit the device")?;
+            bm.weight() - before
+        };
         if added > 0 {
             // Regions the peer may hold differently (its activity log's extents after it
             // crashed as primary, say): copied from here like ours.

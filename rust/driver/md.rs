@@ -13,8 +13,8 @@
 //! (marked) or a resync progresses (cleared). The `rmirror<N>_md` thread writes the pages marked
 //! dirty every [`WRITEBACK_MS`], so a bitmap survives a disconnect followed by a clean removal
 //! or a later crash; writes of the last [`WRITEBACK_MS`] before a crash are in extents of the
-//! activity log, whose transactions the same thread writes (see `actlog`). Removal writes every dirty page and then the superblock with a flush and
-//! FUA, after the last write completed.
+//! activity log, whose transactions the same thread writes (see `actlog`). Removal writes every
+//! dirty page and then the superblock with a flush and FUA, after the last write completed.
 
 use crate::bindings::bdev::BackingDev;
 use crate::device::Device;
@@ -37,7 +37,7 @@ pub(crate) struct Md {
     sb: Superblock,
     /// A 4 KiB I/O buffer (a heap buffer: the only memory the block layer takes by address).
     buf: KVVec<u8>,
-    /// The activity log transaction being written (see `al`), a 4 KiB heap buffer too.
+    /// The activity log transaction being written (see `actlog`), a 4 KiB heap buffer too.
     al_buf: KVVec<u8>,
     /// A bitmap write failed and has not succeeded since (the error is logged once).
     failing: AtomicBool,
@@ -134,6 +134,16 @@ impl Md {
     /// Sets or clears superblock flags (written with the next superblock).
     pub(crate) fn set_flags(&mut self, set: u64, clear: u64) {
         self.sb.flags = (self.sb.flags | set) & !clear;
+    }
+
+    /// Records `role` in the flags (written with the next superblock): a primary's activity log
+    /// is in use (not clean); a secondary does not use it, and what it named is in the bitmap.
+    pub(crate) fn set_role_flags(&mut self, role: crate::device::Role) {
+        use crate::device::Role;
+        match role {
+            Role::Primary => self.set_flags(meta::MDF_PRIMARY_IND, meta::MDF_AL_CLEAN),
+            Role::Secondary => self.set_flags(meta::MDF_AL_CLEAN, meta::MDF_PRIMARY_IND),
+        }
     }
 
     /// Records a new number of active extents (written with the next superblock).

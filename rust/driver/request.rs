@@ -34,7 +34,7 @@ pub(crate) struct Request {
     pub(crate) fua: bool,
     /// Position in the connection's send order (`tlog::TransferLog::sent`), set by the sender.
     pub(crate) sent_no: AtomicU64,
-    /// The write holds activity log references (see `al`), given back at completion.
+    /// The write holds activity log references (see `actlog`), given back at completion.
     al: bool,
     local: AtomicU8,
     net: AtomicU8,

@@ -724,6 +724,17 @@ where
     }
 }
 
+/// Whether the `sectors` at `sector` touch any of `extents` (of `1 << extent_shift` bytes,
+/// `extent_shift` >= 9): a write the peer may lack in extents a transaction retires must be
+/// marked out of sync first ([`Log::evicted`]). An empty range touches its first sector's
+/// extent.
+pub fn touches_any(extent_shift: u32, extents: &[u32], sector: u64, sectors: u64) -> bool {
+    let shift = extent_shift.saturating_sub(SECTOR_SHIFT).min(63);
+    let first = sector >> shift;
+    let last = sector.saturating_add(sectors.max(1) - 1) >> shift;
+    extents.iter().any(|&e| (first..=last).contains(&u64::from(e)))
+}
+
 /// Sector range `(first sector, sectors)` of `extent` for extents of `1 << extent_shift`
 /// bytes (saturating; `extent_shift` must be >= 9).
 pub fn extent_to_sectors(extent_shift: u32, extent: u32) -> (u64, u64) {
@@ -973,6 +984,18 @@ mod tests {
             ring[tr.ring_slot as usize] = buf;
             l.commit(tr).unwrap();
         }
+    }
+
+    #[test]
+    fn touches_any_extent() {
+        // 4 MiB extents: 8192 sectors each.
+        assert!(touches_any(DEFAULT_EXTENT_SHIFT, &[1], ES, 8));
+        assert!(touches_any(DEFAULT_EXTENT_SHIFT, &[1], ES - 8, 16), "straddles into extent 1");
+        assert!(!touches_any(DEFAULT_EXTENT_SHIFT, &[1], ES - 8, 8), "ends just before extent 1");
+        assert!(!touches_any(DEFAULT_EXTENT_SHIFT, &[0, 2], ES, 8));
+        assert!(touches_any(DEFAULT_EXTENT_SHIFT, &[3], 3 * ES, 0), "empty range: its extent");
+        assert!(!touches_any(DEFAULT_EXTENT_SHIFT, &[], 0, 8));
+        assert!(!touches_any(DEFAULT_EXTENT_SHIFT, &[0], u64::MAX, 8), "saturates, never wraps");
     }
 
     #[test]

@@ -657,12 +657,10 @@ impl World {
             // complete locally, so a long outage never pins the log.)
             let retired: Vec<u32> = node.al.evicted(&tr).collect();
             if !skip_marks && !retired.is_empty() {
-                let shift = AL_SHIFT - 9;
                 let ranges: Vec<(u64, u32)> = node.queue.ranges().collect();
                 let mut newly = 0;
                 for (sector, len) in ranges {
-                    let (first, last) = (sector >> shift, (sector + u64::from(len) / 512 - 1) >> shift);
-                    if len > 0 && retired.iter().any(|&e| (first..=last).contains(&u64::from(e))) {
+                    if len > 0 && al::touches_any(AL_SHIFT, &retired, sector, u64::from(len) / 512) {
                         newly += node.bm.set_range(sector, u64::from(len) / 512).unwrap();
                         stats.retire_marks += 1;
                     }
