@@ -98,6 +98,11 @@ impl Device {
             c.sm.on_handshake_ok(now).map_err(|_| "the handshake timed out")?;
             c.meta = Some(meta);
             c.small_writes = small_writes;
+            c.detach_ok = features & feature::DETACH != 0;
+            if self.disk() != crate::detach::ATTACHED {
+                // Every connection of a detached primary tells the peer first.
+                self.detach_notice.store(true, Relaxed);
+            }
             c.peer_bitmap = if self.role() == Role::Primary && features & feature::PEER_BITMAP != 0 {
                 PeerBitmap::Awaited
             } else {

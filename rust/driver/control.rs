@@ -194,6 +194,13 @@ impl Control {
                 drop(reg);
                 reply(buf, 0, &|_| Ok(()))
             }
+            (Cmd::Attach, Some(name)) => {
+                let reg = self.registry.lock();
+                let dev = reg.live(name.as_bytes())?.dev.clone();
+                drop(reg);
+                dev.attach_disk()?;
+                reply(buf, 0, &|_| Ok(()))
+            }
             (Cmd::List, _) => {
                 let reg = self.registry.lock();
                 reply(buf, 0, &|w| {
@@ -247,6 +254,7 @@ impl Control {
                 backing_path: CString::try_from_fmt(fmt!("{}", t.backing))?,
                 sectors: t.len,
                 node_id: t.node_id,
+                on_io_error: t.on_io_error,
                 table: canon,
             };
             Device::create(cfg, &t)

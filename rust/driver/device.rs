@@ -11,7 +11,7 @@ use crate::rcore::state::conn;
 use crate::rcore::state::tlog::{self, TransferLog};
 use crate::request::{PeerPart, Request};
 use crate::transport::Transport;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::str::CString;
 use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, Mutex};
@@ -52,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) backing_path: CString,
     pub(crate) sectors: u64,
     pub(crate) node_id: u8,
+    /// What a primary does when its backing device fails a write.
+    pub(crate) on_io_error: table::OnIoError,
     /// The canonical table line (for `rmirrorctl table`).
     pub(crate) table: KVec<u8>,
 }
@@ -104,6 +106,16 @@ pub(crate) struct Conn {
     /// `rmirrorctl connect --discard-my-data`: the next handshake's split brain is resolved by
     /// making us the sync target (sent in the handshake; taken by the verdict).
     pub(crate) discard_my_data: bool,
+    /// Both sides negotiated `wire::feature::DETACH`: reads may be forwarded (see `detach`).
+    pub(crate) detach_ok: bool,
+    /// Primary, disk detached or attaching: reads for the sender to forward, in order.
+    pub(crate) read_queue: KVec<crate::detach::PeerRead>,
+    /// Forwarded reads sent on this connection, awaiting their replies (which come in order).
+    pub(crate) reads_sent: KVec<crate::detach::PeerRead>,
+    /// The outcome of the pulled run awaited by the attach (its data in `pull_buf`).
+    pub(crate) pulled: Option<bool>,
+    /// Attaching: where a pulled run's data is copied.
+    pub(crate) pull_buf: Option<crate::detach::PullBuf>,
 }
 
 /// Primary: where the secondary's bitmap is on the current connection. The resync waits for
@@ -248,6 +260,15 @@ pub(crate) struct Device {
     /// Wakes the metadata thread: a transaction is due, or the device stops.
     #[pin]
     pub(crate) md_work: CondVar,
+    /// The backing device's state (`detach::ATTACHED`, `DETACHED`, `ATTACHING`).
+    pub(crate) disk: AtomicU8,
+    /// The sender owes the peer a `Detached` notice (set at detach and on every connection of
+    /// a detached primary).
+    pub(crate) detach_notice: AtomicBool,
+    /// Regions our disk lacks (written while it was detached, or failed): pulled back by the
+    /// attach. Marked from completions, hence the lock.
+    #[pin]
+    pub(crate) stale: IrqSpinLock<crate::resync::Fracture>,
 }
 
 /// Everything the registry keeps for a device. Dropping it tears the device down in order:
@@ -329,6 +350,7 @@ impl Device {
         })?;
         let mut md = crate::md::Md::open(&cfg.name, &backing, &cfg.backing_path, cfg.sectors, t.meta)?;
         let mut bitmap = crate::resync::new_bitmap(cfg.sectors)?;
+        let stale = crate::resync::new_bitmap(cfg.sectors)?;
         if let Some(md) = md.as_mut() {
             let marked = md.load_bitmap(&backing, &mut bitmap).inspect_err(|e| {
                 pr_err!("{}: cannot read the bitmap: error {}\n", &*cfg.name, e.to_errno());
@@ -343,6 +365,13 @@ impl Device {
         }
         let with_md = md.is_some();
         let gen = md.as_ref().map_or(crate::uuids::Gen::NONE, |m| m.gen());
+        if cfg.role == Role::Primary && !gen.consistent {
+            // An interrupted resync to this disk, or an interrupted attach: its data is not
+            // whole, and a primary would serve and replicate it.
+            pr_err!("{}: refused as primary: the metadata says the data is inconsistent (an interrupted                 resync or attach): create it as secondary to be resynced
+", &*cfg.name);
+            return Err(EINVAL);
+        }
         let outq = crate::outage::OutageQueue::new(crate::outage::DEFAULT_MAX_BYTES)?;
         // Connecting from the start, as DRBD's `up`.
         let _ = sm.on_connect(0);
@@ -367,6 +396,11 @@ impl Device {
                     outq,
                     peer_bitmap: PeerBitmap::NotExpected,
                     discard_my_data: false,
+                    detach_ok: false,
+                    read_queue: KVec::new(),
+                    reads_sent: KVec::new(),
+                    pulled: None,
+                    pull_buf: None,
                 }),
                 work <- new_condvar!(),
                 link_changed <- new_condvar!(),
@@ -381,6 +415,9 @@ impl Device {
                 al <- IrqSpinLock::new(al, c"rmirror_al", kernel::static_lock_class!()),
                 al_cv <- new_condvar!(),
                 md_work <- new_condvar!(),
+                disk: AtomicU8::new(crate::detach::ATTACHED),
+                detach_notice: AtomicBool::new(false),
+                stale <- IrqSpinLock::new(stale, c"rmirror_stale", kernel::static_lock_class!()),
                 role: AtomicU8::new(role_u8(cfg.role)),
                 cfg,
             }? Error),
@@ -529,7 +566,7 @@ impl Device {
     /// block layer); the next connection brings new ones.
     pub(crate) fn connection_lost(&self, generation: u64, why: &str) {
         let now = self.now_ms();
-        let (queued, sent, mut tlog, link, meta, state, kept, was_replicating) = {
+        let (queued, sent, mut tlog, link, meta, state, kept, was_replicating, reads) = {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() {
                 return;
@@ -543,6 +580,7 @@ impl Device {
             c.outq.rewind();
             let queued = core::mem::take(&mut c.send_queue);
             let sent = core::mem::take(&mut c.inflight);
+            let reads = [core::mem::take(&mut c.reads_sent), core::mem::take(&mut c.read_queue)];
             let tlog = core::mem::replace(&mut c.tlog, no_tlog());
             // Writes sent or waiting to be, in their order, go to the outage queue if it takes
             // them now (an outage that began while replicating); else to the bitmap.
@@ -555,8 +593,12 @@ impl Device {
                     }
                 }
             }
-            (queued, sent, tlog, c.link.take(), c.meta.take(), c.sm.state(), kept, was_replicating)
+            (queued, sent, tlog, c.link.take(), c.meta.take(), c.sm.state(), kept, was_replicating, reads)
         };
+        // Forwarded reads cannot be answered any more.
+        for r in reads {
+            self.fail_reads(r);
+        }
         for l in [link, meta].into_iter().flatten() {
             l.shutdown();
         }

@@ -26,8 +26,8 @@ use kernel::sync::{Arc, MutexGuard};
 
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
-    // Meta messages carry no payload: a frame is at most one header.
-    let Some(mut buf) = crate::conn::frame_buffer(dev, crate::resync::RLE_CHUNK as u32) else { return };
+    // The largest meta frames: a bitmap chunk, or the data of a forwarded read (primary).
+    let Some(mut buf) = crate::conn::frame_buffer(dev, meta_payload_max()) else { return };
     let mut served = 0;
     while let Some((meta, generation)) = dev.wait_complete(served) {
         served = generation;
@@ -253,10 +253,16 @@ impl Device {
     }
 }
 
+/// The largest payload on the meta socket: the secondary's bitmap chunks, the data of a
+/// forwarded read.
+fn meta_payload_max() -> u32 {
+    (crate::resync::RLE_CHUNK as u32).max(crate::conn::MAX_IO_BYTES)
+}
+
 /// Serves the meta socket of connection `generation` until it ends; returns why it ended.
 fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) -> &'static str {
-    // The secondary's bitmap comes on this socket too.
-    let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: crate::resync::RLE_CHUNK as u32 };
+    // The secondary's bitmap comes on this socket too, and the data of forwarded reads.
+    let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: meta_payload_max() };
     let why = Cell::new(None);
     let poll = || {
         if why.get().is_none() {
@@ -291,6 +297,10 @@ fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) ->
             Ok(Message::Bitmap { offset, bits, last, rle }) if primary => {
                 dev.peer_bitmap(generation, offset, bits, last, rle)
             }
+            Ok(Message::ResyncReply { sector, sectors, data }) if primary => {
+                dev.read_reply(generation, sector, sectors, Some(data))
+            }
+            Ok(Message::ResyncNegative { sector, sectors }) if primary => dev.read_reply(generation, sector, sectors, None),
             Ok(Message::InSync { current }) if primary => {
                 dev.traffic(generation);
                 dev.peer_in_sync(generation, current);

@@ -200,6 +200,10 @@ impl Device {
 
     /// [`Device::md_writeback`] with the metadata lock held.
     pub(crate) fn md_writeback_locked(&self, md: &mut Md, superblock: bool) -> Result {
+        if self.disk() == crate::detach::DETACHED {
+            // Nothing is written to a failed disk; what changed stays dirty for the attach.
+            return Ok(());
+        }
         // Generations or flags changed since the last write: the superblock goes too.
         let changed = {
             let mut g = self.uuids.lock();

@@ -141,6 +141,22 @@ fn serve(dev: &Device, data: &dyn Transport, meta_sock: &dyn Transport, generati
                     None => continue,
                 }
             }
+            Ok(Message::ResyncRequest { sector, sectors }) => {
+                // A read of the primary, whose disk is detached (see `detach`).
+                if announced.is_some() {
+                    return "a read request while a large write was announced";
+                }
+                if let Err(why) = crate::detach::serve_read(dev, meta_sock, sector, sectors, buf, &stop) {
+                    return why;
+                }
+                continue;
+            }
+            Ok(Message::Detached { current }) => {
+                if let Err(why) = dev.peer_detached(current) {
+                    return why;
+                }
+                continue;
+            }
             Ok(Message::Disconnect { .. }) => return "the peer disconnected",
             Ok(_) => return "unexpected message on the data socket",
             Err(RecvError::Protocol(e)) => return e.as_str(),

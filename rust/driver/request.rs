@@ -20,6 +20,8 @@ const PART_OK: u8 = 1;
 const PART_FAILED: u8 = 2;
 /// Not written by the peer, but kept in the outage queue (replayed later): no bitmap mark.
 const PART_QUEUED: u8 = 3;
+/// No local write: the disk is detached (see `detach`).
+const PART_SKIPPED: u8 = 4;
 
 /// One mirrored write (or flush), in its clone's front pad.
 pub(crate) struct Request {
@@ -47,7 +49,13 @@ pub(crate) fn submit_bio(dev: &Arc<Device>, bio: Bio) {
     }
     let Some(bio) = bio.split_to_limits() else { return };
     match bio.op() {
-        Op::Read => bio.remap(&dev.backing),
+        Op::Read => match dev.disk() {
+            crate::detach::ATTACHED => bio.remap(&dev.backing),
+            crate::detach::ATTACHING if !dev.is_stale(bio.sector(), u64::from(bio.size() >> 9)) => {
+                bio.remap(&dev.backing)
+            }
+            _ => dev.read_via_peer(bio),
+        },
         Op::Write | Op::Flush => crate::bindings::noio(|| submit_write(dev, bio)),
         Op::Other => bio.end(Status::notsupp()),
     }
@@ -57,9 +65,16 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
     let (sector, len, preflush, fua) = (bio.sector(), bio.size(), bio.preflush(), bio.fua());
     // Overlapping writes in flight wait here, before they take a place in the wire order.
     let slot = dev.slot_acquire(sector, u64::from(len >> 9));
-    // Its extents are in the activity log on disk before the write is issued.
-    let al = match dev.al_begin(sector, u64::from(len >> 9)) {
+    // Its extents are in the activity log on disk before the write is issued (no log, and no
+    // local write, while the disk is detached).
+    let mut diskless = dev.disk() == crate::detach::DETACHED;
+    let al = match if diskless { Ok(false) } else { dev.al_begin(sector, u64::from(len >> 9)) } {
         Ok(al) => al,
+        Err(_) if dev.detaches() && dev.role() == Role::Primary => {
+            dev.detach("an activity log write failed");
+            diskless = true;
+            false
+        }
         Err(_) => {
             dev.slot_release(slot);
             return bio.end(Status::ioerr());
@@ -75,7 +90,7 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
         fua,
         sent_no: AtomicU64::new(0),
         al,
-        local: AtomicU8::new(PART_PENDING),
+        local: AtomicU8::new(if diskless { PART_SKIPPED } else { PART_PENDING }),
         net: AtomicU8::new(PART_PENDING),
     };
     let clone = match dev.bioset.clone_bio(bio, &dev.backing, req) {
@@ -92,7 +107,7 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
     dev.stats.writes.fetch_add(1, Ordering::Relaxed);
     dev.stats.write_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
     // Local half: the clone goes to the backing device (dispatched once we return).
-    let req = clone.submit();
+    let req = if diskless { clone.without_io() } else { clone.submit() };
     // Peer half: queued for the sender thread or in the outage queue, or failed at once.
     if !dev.queue_for_peer(&req) {
         req.net_done(false);
@@ -108,9 +123,13 @@ impl CloneData for Request {
 
     fn complete(&mut self) -> Status {
         let mut t = protocol::Request::new(self.dev.cfg.protocol);
-        let local_ok = *self.local.get_mut() == PART_OK;
+        let local = *self.local.get_mut();
+        let local_ok = local == PART_OK;
         let net = *self.net.get_mut();
         let net_ok = net == PART_OK;
+        if local == PART_SKIPPED || (local == PART_FAILED && self.dev.detaches() && self.dev.role() == Role::Primary) {
+            return self.complete_diskless(local == PART_FAILED, net_ok);
+        }
         let mut mark = false;
         let mut status = None;
         for ev in [
@@ -136,6 +155,28 @@ impl CloneData for Request {
         match status {
             Some(protocol::Status::Ok) if local_ok => Status::OK,
             _ => Status::ioerr(),
+        }
+    }
+}
+
+impl Request {
+    /// Completion without our disk (detached, or its write just failed under
+    /// `on_io_error=detach`): the peer's ack decides; our disk lacks the range either way.
+    fn complete_diskless(&mut self, failed: bool, net_ok: bool) -> Status {
+        let dev = &self.dev;
+        if failed {
+            dev.detach("a write failed");
+        }
+        dev.mark_stale(self.sector, self.len);
+        if self.al {
+            dev.al_end(self.sector, u64::from(self.len >> 9));
+        }
+        dev.slot_release(self.slot);
+        dev.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+        if net_ok {
+            Status::OK
+        } else {
+            Status::ioerr()
         }
     }
 }
@@ -171,6 +212,11 @@ impl Device {
     /// queue to its capacity.
     fn queue_for_peer(&self, req: &CloneRef<Request>) -> bool {
         let mut c = self.conn.lock();
+        if self.disk() == crate::detach::DETACHED && (!c.sending() || !c.detach_ok) {
+            // Without the disk a write is only as good as the peer's ack: no queueing, and a
+            // peer that cannot serve a detached primary's reads does not get its writes either.
+            return false;
+        }
         if c.queueing() {
             if self.push_outage(&mut c, req) {
                 req.set_queued();

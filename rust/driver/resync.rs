@@ -87,7 +87,11 @@ pub(crate) fn repl_state(dev: &Device) -> &'static str {
 /// "consistent" (a point-in-time copy, maybe old) otherwise.
 pub(crate) fn disk_state(dev: &Device) -> &'static str {
     if dev.role() == Role::Primary {
-        return "up_to_date";
+        return match dev.disk() {
+            crate::detach::DETACHED => "detached",
+            crate::detach::ATTACHING => "attaching",
+            _ => "up_to_date",
+        };
     }
     let told = {
         let c = dev.conn.lock();
@@ -175,7 +179,11 @@ impl Device {
             let unannounced = self.resync.lock().announced != c.generation;
             // The secondary's bitmap is merged into ours first.
             let merged = c.peer_bitmap != PeerBitmap::Awaited;
-            if c.sending() && merged && (unannounced || self.bitmap.lock().weight() > 0) {
+            // A detached disk is not read; an attaching one pulls its stale regions first.
+            let disk = self.disk();
+            let pull = disk == crate::detach::ATTACHING && c.detach_ok;
+            let push = disk == crate::detach::ATTACHED && merged && (unannounced || self.bitmap.lock().weight() > 0);
+            if c.sending() && (pull || push) {
                 if let Some(l) = &c.link {
                     return Some((l.clone(), c.generation));
                 }
@@ -255,6 +263,13 @@ pub(crate) fn run(dev: &Arc<Device>) {
     while let Some((link, generation)) = dev.wait_resync() {
         // Chunks of an older connection can never be acked: drop them first.
         dev.retire(Some(generation));
+        if dev.disk() == crate::detach::ATTACHING {
+            while dev.pull_step(generation) {}
+            if dev.disk() == crate::detach::ATTACHING {
+                crate::bindings::thread::sleep_ms(100);
+            }
+            continue;
+        }
         if dev.resync.lock().announced != generation {
             cursor = 0;
             let left = dev.out_of_sync_sectors();

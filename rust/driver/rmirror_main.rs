@@ -32,6 +32,7 @@ mod actlog;
 mod bindings;
 mod conn;
 mod control;
+mod detach;
 mod device;
 mod heartbeat;
 mod md;

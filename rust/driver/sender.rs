@@ -30,12 +30,38 @@ enum Job {
     Barrier(u32),
     /// A write to finish without the peer.
     Fail(CloneRef<Request>),
+    /// Tell the peer our disk was detached; both sides adopt this generation.
+    Detached(u64),
+    /// A forwarded read (detached or attaching disk), now awaiting its reply.
+    Read(u64, u32),
+    /// A forwarded read that cannot be sent (no memory to track it).
+    FailRead(crate::detach::PeerRead),
 }
 
 /// Picks the next job, the connection locked; `None` when there is nothing to do now.
 fn next_job(dev: &Device, c: &mut Conn) -> Option<Job> {
     let asynchronous = dev.cfg.protocol != Protocol::C;
-    if !c.replicating() || c.tlog_full() {
+    if !c.replicating() {
+        return None;
+    }
+    if let Some(current) = dev.detach_generation(c) {
+        return Some(Job::Detached(current));
+    }
+    if c.sending() && !c.read_queue.is_empty() {
+        // Reads first: every write completed before a read was submitted is sent already.
+        let room = crate::bindings::noio(|| c.reads_sent.reserve(1, GFP_KERNEL)).is_ok();
+        if let Ok(r) = c.read_queue.remove(0) {
+            if !room {
+                return Some(Job::FailRead(r));
+            }
+            let (sector, sectors) = r.range();
+            return Some(match c.reads_sent.push_within_capacity(r) {
+                Ok(()) => Job::Read(sector, sectors),
+                Err(kernel::alloc::kvec::PushError(r)) => Job::FailRead(r),
+            });
+        }
+    }
+    if c.tlog_full() {
         return None;
     }
     let barrier = |c: &mut Conn| {
@@ -105,10 +131,13 @@ pub(crate) fn run(dev: &Arc<Device>) {
             (Job::Barrier(nr), Some(l)) => {
                 send_msg(&**l, &Message::Barrier { nr: *nr, flags: BarrierFlags::FLUSH }, &stop)
             }
-            (Job::Fail(_), Some(_)) => Ok(()),
+            (Job::Fail(_) | Job::FailRead(_), Some(_)) => Ok(()),
+            (Job::Detached(current), Some(l)) => send_msg(&**l, &Message::Detached { current: *current }, &stop),
+            (Job::Read(sector, sectors), Some(l)) => crate::detach::send_read(&**l, *sector, *sectors, &stop),
         };
         match job {
             Job::Fail(req) => req.net_done(false),
+            Job::FailRead(r) => r.fail(dev),
             Job::Replay(ts) => dev.conn.lock().outq.sent(ts),
             Job::Write(req) if r.is_ok() && dev.cfg.protocol == Protocol::A => dev.sent_async(generation, req),
             _ => {}

@@ -300,6 +300,21 @@ size_t rmirror_bio_copy_to(struct bio *bio, void *buf, size_t len)
 	return done;
 }
 
+size_t rmirror_bio_copy_from(struct bio *bio, const void *buf, size_t len)
+{
+	struct bio_vec bv;
+	struct bvec_iter it;
+	size_t done = 0;
+
+	bio_for_each_segment(bv, bio, it) {
+		if (done + bv.bv_len > len)
+			break;
+		memcpy_to_bvec(&bv, buf + done);
+		done += bv.bv_len;
+	}
+	return done;
+}
+
 /*
  * Synchronously write @len bytes of a kmalloc'ed or vmalloc'ed buffer at @sector (the Rust
  * side only passes heap buffers it owns).

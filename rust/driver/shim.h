@@ -53,6 +53,7 @@ void rmirror_bio_remap(struct bio *bio, struct block_device *bdev);
 void rmirror_bio_submit(struct bio *bio);
 void rmirror_bio_endio(struct bio *bio, u8 status);
 size_t rmirror_bio_copy_to(struct bio *bio, void *buf, size_t len);
+size_t rmirror_bio_copy_from(struct bio *bio, const void *buf, size_t len);
 int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,
 		       bool preflush, bool fua);
 int rmirror_read_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len);

@@ -169,6 +169,14 @@ impl Device {
             }
         }
         match (self.role(), decision) {
+            (Role::Secondary, Decision::NoSync) if self.inconsistent() && self.bitmap.lock().weight() == 0 => {
+                // Same generation, but our data is known incomplete and no bitmap says where (a
+                // re-attached disk whose pull was interrupted): everything.
+                let n = self.bitmap.lock().set_all();
+                pr_info!("{}: inconsistent data: full sync from the peer: {} regions marked
+", &*self.cfg.name, n);
+                Ok(())
+            }
             (Role::Primary, Decision::NoSync) | (Role::Secondary, Decision::NoSync) => Ok(()),
             (Role::Secondary, Decision::SyncTarget { full: true }) => {
                 // Resolved split brain without a common bitmap generation: everything.
@@ -199,7 +207,8 @@ impl Device {
     /// the peer starts a new data generation (not from fresh metadata: the initial sync is the
     /// user's decision).
     pub(crate) fn writing_without_peer(&self) {
-        if self.role() != Role::Primary {
+        if self.role() != Role::Primary || self.disk() == crate::detach::DETACHED {
+            // A detached primary writes nothing without its peer (such writes fail).
             return;
         }
         let mut g = self.uuids.lock();

@@ -303,3 +303,96 @@ def test_split_brain_ten_times_detected_and_resolved_by_the_user(pair):
     # Both sides' writes of each round (8 blocks each) were copied, never the whole device.
     assert all(128 <= c < 8192 for c in copied), copied
     expect_error(prim, f"{CTL} connect r0 --discard-my-data", "connect", "r0", "EINVAL")
+
+
+def flaky(vm, sectors, fail_writes):
+    """alpha's /dev/mapper/flaky over all of /dev/vdb: a plain mapping, or dm-flakey failing every write
+    (reads still work) from now on."""
+    t = f"0 {sectors} flakey /dev/vdb 0 0 3600 1 error_writes" if fail_writes else f"0 {sectors} linear /dev/vdb 0"
+    vm.ok(f"dmsetup suspend flaky && dmsetup reload flaky --table '{t}' && dmsetup resume flaky")
+
+
+def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair):
+    """alpha (primary, protocol C, on_io_error=detach by default) sits on a device-mapper device over its
+    disk. Under load (the per-block checker and a fio job that verifies what it wrote), the device starts
+    failing every write (dm-flakey, error_writes): alpha detaches its disk, says so in its status and
+    kernel log, and goes on through beta: no write fails, fio's read-back verifies through the peer, and
+    every write the checker saw acknowledged reads back through /dev/rmirror0. beta adopted a new
+    generation. Then the disk is repaired and `rmirrorctl attach` pulls back exactly the regions written
+    while detached; the disks end md5-equal. attach is refused with EALREADY when attached. With
+    on_io_error=pass_on a failing disk's write fails to the application and the disk stays attached."""
+    a, b = pair.alpha, pair.beta
+    pair.each(load)
+    sectors = int(a.ok("blockdev --getsz /dev/vdb").strip())
+    a.ok(f"dmsetup create flaky --table '0 {sectors} linear /dev/vdb 0' && dmsetup mknodes && test -b /dev/mapper/flaky")
+    a.ok(f"{CTL} create-md /dev/mapper/flaky --force --clear-bitmap")
+    b.ok(f"{CTL} create-md /dev/vdb --force --clear-bitmap")
+    create(b, "secondary", opts=f"{TIMERS} {MD}")
+    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD}")
+    wait_cstate(b)
+    wait_cstate(a)
+    expect_error(a, f"{CTL} attach r0", "attach", "r0", "EALREADY")
+    b_uuid = json.loads(b.ok(f"echo 3 > /proc/sys/vm/drop_caches; {CTL} dump-md /dev/vdb -o json"))
+    background(a, f"{CHECK} write /dev/rmirror0 --log /tmp/c.log --size 16M --jobs 4 --seconds 12 "
+                  f"--rate-per-sec 40 --seed 61", "check")
+    background(a, "fio --name=v --filename=/dev/rmirror0 --ioengine=libaio --direct=1 --rw=randwrite --bs=4k "
+                  "--offset=64M --size=3M --iodepth=4 --verify=crc32c --verify_fatal=1 --do_verify=1 "
+                  "--randrepeat=0 --rate_iops=150 --output-format=json", "fio")
+    a.ok("sleep 3")
+    a.ok("dmesg -c > /dev/null")
+    flaky(a, sectors, True)
+    deadline = time.monotonic() + 30
+    while status(a)["disk"] != "detached":
+        assert time.monotonic() < deadline, status(a)
+        time.sleep(0.5)
+    msgs = a.ok("dmesg")
+    assert "the backing device failed" in msgs and "disk detached" in msgs, msgs
+    wait_background(a, "check", 120)
+    wait_background(a, "fio", 300)
+    rep = json.loads(a.ok("cat /tmp/fio.out")[a.ok("cat /tmp/fio.out").index("{"):])
+    job = rep["jobs"][0]
+    assert job["error"] == 0 and job["read"]["total_ios"] > 0, job
+    st = status(a)
+    assert st["disk"] == "detached" and st["cstate"] == "connected", st
+    # Every acknowledged write reads back, through the peer.
+    res = verify(a, "/dev/rmirror0", ["/tmp/c.log"], 0, 16)
+    print(f"checker through the peer, alpha's disk detached: {res}; fio wrote {job['write']['total_ios']} and "
+          f"read back {job['read']['total_ios']} blocks without an error")
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0 and res["present"] > 0, res
+    # beta holds the only up-to-date copy: a new generation on its disk.
+    b_after = json.loads(b.ok(f"echo 3 > /proc/sys/vm/drop_caches; {CTL} dump-md /dev/vdb -o json"))
+    assert b_after["current_uuid"] != b_uuid["current_uuid"], (b_uuid, b_after)
+    # The disk still fails: attach says so and stays detached.
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} attach r0")
+    assert rc != 0 and "(EIO)" in err and "still detached" in msgs, out + err + msgs
+    flaky(a, sectors, False)
+    before = status(a)["resynced"]
+    rc, out, err, msgs = dmesg_during(a, f"{CTL} attach r0")
+    assert rc == 0, out + err
+    m = re.search(r"attach: pulling (\d+) KiB back", msgs)
+    assert m and int(m[1]) > 0, msgs
+    deadline = time.monotonic() + 120
+    while status(a)["disk"] != "up_to_date":
+        assert time.monotonic() < deadline, status(a)
+        time.sleep(0.5)
+    pulled = status(a)["resynced"] - before
+    print(f"attach pulled {pulled * 512} bytes back ({m[1]} KiB stale) of a {S * 512}-byte device")
+    assert pulled == int(m[1]) * 2, (pulled, m[1])  # sectors vs KiB
+    assert pulled * 512 <= 20 << 20, pulled  # the checker's 16 MiB and fio's 3 MiB at most
+    assert "disk up to date and in use again" in a.ok("dmesg"), a.ok("dmesg | tail")
+    expect_error(a, f"{CTL} attach r0", "attach", "r0", "EALREADY")
+    res = verify(a, "/dev/mapper/flaky", ["/tmp/c.log"], 0, 16)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
+    # (everything written is in the first 67 MiB)
+    sums = {"alpha": md5_dev(a, dev="/dev/mapper/flaky", nbytes=72 << 20, bs=1 << 20),
+            "beta": md5_dev(b, nbytes=72 << 20, bs=1 << 20)}
+    assert sums["alpha"] == sums["beta"], sums
+    # pass_on: the write fails to the application, the disk stays in use.
+    a.ok(f"{CTL} remove r0")
+    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD} on_io_error=pass_on")
+    wait_cstate(a)
+    flaky(a, sectors, True)
+    rc, out = a.run("dd if=/dev/zero of=/dev/rmirror0 bs=4k count=1 seek=100 oflag=direct 2>&1")
+    assert rc != 0 and "Input/output error" in out, out
+    assert status(a)["disk"] == "up_to_date", status(a)
+    flaky(a, sectors, False)

@@ -151,11 +151,15 @@ pub enum Cmd {
     /// Demote device `name` to secondary (`EBUSY` while it is open; a no-op if it is
     /// secondary already).
     Secondary = 9,
+    /// Re-attach the backing device of primary `name` after its disk was detached (on an
+    /// I/O error under `on_io_error=detach`): the regions it missed are pulled back from the
+    /// peer (`EALREADY` if attached, `ENOTCONN` without a connection to pull from).
+    Attach = 10,
 }
 
 impl Cmd {
     /// Every command, in `nr` order.
-    pub const ALL: [Cmd; 10] = [
+    pub const ALL: [Cmd; 11] = [
         Cmd::Version,
         Cmd::Create,
         Cmd::Remove,
@@ -166,6 +170,7 @@ impl Cmd {
         Cmd::Disconnect,
         Cmd::Primary,
         Cmd::Secondary,
+        Cmd::Attach,
     ];
 
     /// The ioctl command number (`_IOC_NR`).
@@ -186,6 +191,7 @@ impl Cmd {
             7 => Some(Cmd::Disconnect),
             8 => Some(Cmd::Primary),
             9 => Some(Cmd::Secondary),
+            10 => Some(Cmd::Attach),
             _ => None,
         }
     }
@@ -218,6 +224,7 @@ impl Cmd {
             Cmd::Disconnect => "DISCONNECT",
             Cmd::Primary => "PRIMARY",
             Cmd::Secondary => "SECONDARY",
+            Cmd::Attach => "ATTACH",
         }
     }
 
@@ -247,6 +254,8 @@ pub const IOC_DISCONNECT: u32 = Cmd::Disconnect.request();
 pub const IOC_PRIMARY: u32 = Cmd::Primary.request();
 /// `RMIRROR_IOC_SECONDARY` = `_IOWR(0xE7, 9, 4096)`.
 pub const IOC_SECONDARY: u32 = Cmd::Secondary.request();
+/// `RMIRROR_IOC_ATTACH` = `_IOWR(0xE7, 10, 4096)`.
+pub const IOC_ATTACH: u32 = Cmd::Attach.request();
 
 const _: () = assert!(BUF_LEN <= IOC_SIZE_MAX);
 const _: () = assert!(IOC_VERSION == 0xD000_E700);
@@ -702,7 +711,8 @@ pub mod status {
     pub const PONGS: &str = "pongs";
     /// Key: replication state (`off`, `established`, `sync_source`, `sync_target`).
     pub const REPL: &str = "repl";
-    /// Key: this node's disk state (`up_to_date`, `consistent`, `inconsistent`).
+    /// Key: this node's disk state (`up_to_date`, `consistent`, `inconsistent`; a primary's
+    /// `detached` after its disk failed, `attaching` while it pulls back what it missed).
     pub const DISK: &str = "disk";
     /// Key: sectors copied by resync.
     pub const RESYNCED: &str = "resynced";
@@ -995,8 +1005,11 @@ mod tests {
             assert_eq!(Cmd::from_request(cmd.request()), Some(*cmd));
             assert!(!cmd.as_str().is_empty());
         }
-        assert_eq!(Cmd::ALL.len(), 10);
-        assert_eq!(Cmd::from_nr(10), None);
+        assert_eq!(Cmd::ALL.len(), 11);
+        assert_eq!(Cmd::from_nr(11), None);
+        assert_eq!(Cmd::Attach.request(), 0xD000_E70A);
+        assert_eq!(Cmd::Attach.as_str(), "ATTACH");
+        assert!(Cmd::Attach.takes_name());
         assert_eq!(Cmd::Connect.request(), 0xD000_E706);
         assert_eq!(Cmd::Disconnect.request(), 0xD000_E707);
         assert_eq!(Cmd::Primary.request(), 0xD000_E708);
@@ -1020,7 +1033,7 @@ mod tests {
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 4095)), None); // size
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 8)), None);
         assert_eq!(Cmd::from_request(iowr(0xE6, 3, BUF_LEN)), None); // type
-        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 10, BUF_LEN)), None); // nr
+        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 11, BUF_LEN)), None); // nr
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 255, BUF_LEN)), None);
         assert_eq!(Cmd::from_request(0), None);
         assert_eq!(Cmd::from_request(u32::MAX), None);

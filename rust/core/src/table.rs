@@ -29,6 +29,10 @@
 //!                                   device path (external), or core (in memory only, like
 //!                                   dm-mirror's core log: nothing survives a removal); default
 //!                                   core. Written by `rmirrorctl create-md`.
+//!               on_io_error=<policy> what a primary does when its backing device fails a
+//!                                   write: detach (the default: stop using the disk, go on
+//!                                   through the peer, `rmirrorctl attach` to resync it back) or
+//!                                   pass_on (fail the write to the application, like DRBD's)
 //!               each option at most once; unknown keys are errors
 //! ```
 //!
@@ -65,9 +69,9 @@ pub const LINE_MAX: usize = 1024;
 
 // "0 " + u64 (20) + " rmirror " + path + " secondary " + 2 x "255.255.255.255:65535 "
 // + "C" + " inline_max=" + u32 (10) + " node_id=" + u8 (3) + five " <timer>=" + u32
-// + " meta=" + path
+// + " meta=" + path + " on_io_error=pass_on"
 const _: () = assert!(
-    2 + 20 + 9 + BACKING_MAX + 11 + 2 * 22 + 1 + 12 + 10 + 9 + 3 + 5 * (15 + 10) + 6 + BACKING_MAX
+    2 + 20 + 9 + BACKING_MAX + 11 + 2 * 22 + 1 + 12 + 10 + 9 + 3 + 5 * (15 + 10) + 6 + BACKING_MAX + 20
         <= LINE_MAX
 );
 const _: () = assert!(INLINE_MAX_LIMIT.is_multiple_of(INLINE_MAX_ALIGN));
@@ -114,6 +118,8 @@ pub enum TableError {
     BadTiming(super::state::conn::Error),
     /// `meta` is neither internal, core nor an absolute device path.
     BadMeta,
+    /// `on_io_error` is neither detach nor pass_on.
+    BadOnIoError,
     /// The output buffer of [`Table::write`] is too small.
     NoSpace,
 }
@@ -142,7 +148,7 @@ impl TableError {
             TableError::BadProtocol => "bad protocol: expected A, B or C",
             TableError::BadOption => "bad option: expected key=value",
             TableError::UnknownOption => {
-                "unknown option: expected inline_max, node_id, ping_interval, timeout, probation, connect_retry, outage_max or meta"
+                "unknown option: expected inline_max, node_id, ping_interval, timeout, probation, connect_retry, outage_max, meta or on_io_error"
             }
             TableError::DuplicateOption => "option given more than once",
             TableError::BadInlineMax => {
@@ -154,6 +160,7 @@ impl TableError {
             TableError::BadMeta => {
                 "bad meta: expected internal, core or the absolute path of a metadata device"
             }
+            TableError::BadOnIoError => "bad on_io_error: expected detach or pass_on",
             TableError::NoSpace => "table line does not fit in the output buffer",
         }
     }
@@ -311,6 +318,35 @@ impl fmt::Display for Meta<'_> {
     }
 }
 
+/// What a primary does when its backing device fails a write (the `on_io_error=` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnIoError {
+    /// Detach the disk and go on through the peer (the default).
+    #[default]
+    Detach,
+    /// Fail the write to the application and keep the disk.
+    PassOn,
+}
+
+impl OnIoError {
+    /// Parses the option's value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "detach" => Some(OnIoError::Detach),
+            "pass_on" => Some(OnIoError::PassOn),
+            _ => None,
+        }
+    }
+
+    /// The option's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnIoError::Detach => "detach",
+            OnIoError::PassOn => "pass_on",
+        }
+    }
+}
+
 /// A parsed table line, borrowing the backing path from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Table<'a> {
@@ -336,6 +372,8 @@ pub struct Table<'a> {
     pub timing: Timing,
     /// Where the metadata lives.
     pub meta: Meta<'a>,
+    /// The local I/O error policy.
+    pub on_io_error: OnIoError,
 }
 
 impl Table<'_> {
@@ -375,6 +413,9 @@ impl fmt::Display for Table<'_> {
         }
         if self.meta != Meta::Core {
             write!(f, " meta={}", self.meta)?;
+        }
+        if self.on_io_error != OnIoError::Detach {
+            write!(f, " on_io_error={}", self.on_io_error.as_str())?;
         }
         Ok(())
     }
@@ -464,6 +505,7 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
     let mut timing = Timing::DEFAULT;
     let mut timing_seen = 0u8;
     let mut meta = None;
+    let mut on_io_error = None;
     for opt in f {
         let (key, value) = opt.split_once('=').ok_or(TableError::BadOption)?;
         match key {
@@ -497,6 +539,12 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
                     return Err(TableError::DuplicateOption);
                 }
                 meta = Some(Meta::parse(value)?);
+            }
+            "on_io_error" => {
+                if on_io_error.is_some() {
+                    return Err(TableError::DuplicateOption);
+                }
+                on_io_error = Some(OnIoError::parse(value).ok_or(TableError::BadOnIoError)?);
             }
             "" => return Err(TableError::BadOption),
             _ => {
@@ -532,6 +580,7 @@ pub fn parse(line: &str) -> Result<Table<'_>, TableError> {
             timing
         },
         meta: meta.unwrap_or(Meta::Core),
+        on_io_error: on_io_error.unwrap_or_default(),
     })
 }
 
@@ -561,6 +610,7 @@ mod tests {
             node_id: 0,
             timing: Timing::DEFAULT,
             meta: Meta::Core,
+            on_io_error: OnIoError::Detach,
         }
     }
 
@@ -652,6 +702,7 @@ mod tests {
                 outage_max_ms: u32::MAX,
             },
             meta: Meta::External(&long_path),
+            on_io_error: OnIoError::PassOn,
         };
         assert!(t.write(&mut out).is_ok());
     }
@@ -833,6 +884,24 @@ mod tests {
     }
 
     #[test]
+    fn on_io_error_option() {
+        assert_eq!(parse(GOOD).unwrap().on_io_error, OnIoError::Detach);
+        let line = format!("{GOOD} on_io_error=pass_on");
+        let t = parse(&line).unwrap();
+        assert_eq!(t.on_io_error, OnIoError::PassOn);
+        assert_eq!(t.to_string(), line);
+        // detach is the default, so the canonical line leaves it out
+        assert_eq!(parse(&format!("{GOOD} on_io_error=detach")).unwrap().to_string(), GOOD);
+        for bad in ["on_io_error=", "on_io_error=Detach", "on_io_error=call-local-io-error"] {
+            assert_eq!(parse(&format!("{GOOD} {bad}")), Err(TableError::BadOnIoError), "{bad}");
+        }
+        assert_eq!(
+            parse(&format!("{GOOD} on_io_error=detach on_io_error=pass_on")),
+            Err(TableError::DuplicateOption)
+        );
+    }
+
+    #[test]
     fn sockaddr() {
         let a = SockAddr::parse("0.0.0.0:1").unwrap();
         assert_eq!(a.ip, [0; 4]);
@@ -931,7 +1000,8 @@ mod tests {
                 1 => Meta::Internal,
                 _ => Meta::External(&backing),
             };
-            let t = Table { start: 0, len, backing: &backing, role, local, peer, protocol, inline_max, node_id, timing, meta };
+            let on_io_error = if inline_max % 1024 == 0 { OnIoError::Detach } else { OnIoError::PassOn };
+            let t = Table { start: 0, len, backing: &backing, role, local, peer, protocol, inline_max, node_id, timing, meta, on_io_error };
             let mut out = [0u8; LINE_MAX];
             let n = t.write(&mut out).unwrap();
             let line = core::str::from_utf8(&out[..n]).unwrap();

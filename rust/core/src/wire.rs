@@ -120,8 +120,14 @@ pub mod feature {
     /// primary ORs it into its own before it sends its bitmap (regions the secondary may hold
     /// differently: a crashed primary's activity log extents, its writes never replicated).
     pub const PEER_BITMAP: u32 = 1 << 1;
+    /// The primary may detach a failed disk and go on through the secondary: it sends
+    /// [`super::Message::Detached`], then [`super::Message::ResyncRequest`]s on the data socket
+    /// for the data it reads (and pulls back after re-attaching), answered by
+    /// [`super::Message::ResyncReply`] (or [`super::Message::ResyncNegative`]) on the meta socket,
+    /// in order.
+    pub const DETACH: u32 = 1 << 2;
     /// Every feature this implementation supports.
-    pub const ALL: u32 = SMALL_WRITE | PEER_BITMAP;
+    pub const ALL: u32 = SMALL_WRITE | PEER_BITMAP | DETACH;
 }
 
 /// Well-known [`Message::Disconnect`] reason codes (others are passed through as numbers).
@@ -301,6 +307,9 @@ pub enum Command {
     /// The sync target's bitmap is empty and it adopted the source's generation (target ->
     /// source); the source may end its resync.
     InSync = 0x12,
+    /// The primary's disk failed and was detached: the secondary holds the only up-to-date
+    /// copy and starts generation `current` (primary -> secondary, data socket).
+    Detached = 0x13,
 }
 
 impl Command {
@@ -325,6 +334,7 @@ impl Command {
             0x10 => Command::ResyncAck,
             0x11 => Command::Uuids,
             0x12 => Command::InSync,
+            0x13 => Command::Detached,
             _ => return None,
         })
     }
@@ -350,7 +360,8 @@ impl Command {
             | Command::Barrier
             | Command::BarrierAck
             | Command::Disconnect
-            | Command::InSync => 16,
+            | Command::InSync
+            | Command::Detached => 16,
         }
     }
 
@@ -392,6 +403,7 @@ impl Command {
             Command::ResyncAck => "resync-ack",
             Command::Uuids => "uuids",
             Command::InSync => "in-sync",
+            Command::Detached => "detached",
         }
     }
 }
@@ -799,6 +811,13 @@ pub enum Message<'a> {
         /// The generation the target adopted (the source's current UUID).
         current: u64,
     },
+    /// The primary detached its failed disk ([`feature::DETACH`]): from now on it reads and
+    /// writes through the secondary, which adopts `current` as its current generation (so
+    /// the failed disk, whose generation is older, can never be a sync source again).
+    Detached {
+        /// The new current UUID.
+        current: u64,
+    },
 }
 
 /// Whether a write of `len_bytes` goes as one [`Message::SmallWrite`] (the small-write
@@ -980,6 +999,7 @@ impl<'a> Message<'a> {
             Message::Disconnect { .. } => Command::Disconnect,
             Message::Uuids(_) => Command::Uuids,
             Message::InSync { .. } => Command::InSync,
+            Message::Detached { .. } => Command::Detached,
         }
     }
 
@@ -1044,7 +1064,8 @@ impl<'a> Message<'a> {
             | Message::Pong(_)
             | Message::Disconnect { .. }
             | Message::Uuids(_)
-            | Message::InSync { .. } => Ok(()),
+            | Message::InSync { .. }
+            | Message::Detached { .. } => Ok(()),
             Message::OutOfSync { sector, sectors }
             | Message::ResyncNegative { sector, sectors }
             | Message::ResyncAck { sector, sectors } => check_range(*sector, *sectors, lim),
@@ -1182,6 +1203,9 @@ impl<'a> Message<'a> {
             }
             Message::InSync { current } => {
                 put_u64(&mut h, A, current); // 8: u64 current uuid adopted
+            }
+            Message::Detached { current } => {
+                put_u64(&mut h, A, current); // 8: u64 the secondary's new current uuid
             }
         }
         (h, hl)
@@ -1506,6 +1530,9 @@ pub fn decode_parts<'a>(
             history: [get_u64(h, E + 8)?, get_u64(h, E + 16)?],
         }),
         Command::InSync => Message::InSync {
+            current: get_u64(h, A)?,
+        },
+        Command::Detached => Message::Detached {
             current: get_u64(h, A)?,
         },
     };

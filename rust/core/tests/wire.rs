@@ -20,6 +20,7 @@ const_assert_eq!(Command::SmallWrite.header_len(), 16);
 const_assert_eq!(wire::SMALL_WRITE_MAX, 64 * 1024);
 const_assert_eq!(Command::Uuids.header_len(), 40);
 const_assert_eq!(Command::InSync.header_len(), 16);
+const_assert_eq!(Command::Detached.header_len(), 16);
 
 /// Limits under which every generated message is valid.
 const ALL: Limits = Limits {
@@ -56,6 +57,7 @@ enum Shape {
     Disconnect { reason: u32 },
     Uuids(Uuids),
     InSync { current: u64 },
+    Detached { current: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -97,6 +99,7 @@ impl Case {
             Shape::Disconnect { reason } => Message::Disconnect { reason },
             Shape::Uuids(u) => Message::Uuids(u),
             Shape::InSync { current } => Message::InSync { current },
+            Shape::Detached { current } => Message::Detached { current },
         }
     }
 }
@@ -284,6 +287,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
             history: [u[2], u[3]],
         }))),
         any::<u64>().prop_map(move |current| nop(Shape::InSync { current })),
+        any::<u64>().prop_map(move |current| nop(Shape::Detached { current })),
     ]
 }
 
@@ -335,7 +339,7 @@ proptest! {
     #[test]
     fn random_bodies_never_panic(
         sel in any::<u8>(),
-        cmd in 0u8..=0x13,
+        cmd in 0u8..=0x14,
         rest in prop::collection::vec(any::<u8>(), 0..300),
     ) {
         let mut data = vec![sel, 0x52, 0x4d, cmd, wire::VERSION];
@@ -493,7 +497,7 @@ fn golden_bytes() {
     assert_eq!(hs.len(), 64);
     assert_eq!(
         &hs[..16],
-        &[0x52, 0x4d, 0x01, 0x01, 48, 0, 0, 0, 1, 1, 2, 2, 3, 0, 0, 0] // features SMALL_WRITE | PEER_BITMAP
+        &[0x52, 0x4d, 0x01, 0x01, 48, 0, 0, 0, 1, 1, 2, 2, 7, 0, 0, 0] // features SMALL_WRITE | PEER_BITMAP | DETACH
     );
     assert_eq!(&hs[16..24], &wire_samples::DEV_SECTORS.to_le_bytes());
     assert_eq!(&hs[24..32], &[0, 0x10, 0, 0, 1, 2, 0, 0]); // region size, channel meta, protocol B
@@ -532,7 +536,10 @@ fn golden_bytes() {
 fn uuids_and_in_sync() {
     assert_eq!(Command::from_u8(0x11), Some(Command::Uuids));
     assert_eq!(Command::from_u8(0x12), Some(Command::InSync));
-    assert_eq!(Command::from_u8(0x13), None);
+    assert_eq!(Command::from_u8(0x13), Some(Command::Detached));
+    assert_eq!(Command::from_u8(0x14), None);
+    assert_eq!(Command::Detached.as_str(), "detached");
+    assert!(!Command::Detached.has_payload());
     assert_eq!(
         (Command::Uuids.as_str(), Command::InSync.as_str()),
         ("uuids", "in-sync")
@@ -553,7 +560,8 @@ fn uuids_and_in_sync() {
             history: [v, u64::MAX],
         });
         let s = Message::InSync { current: v };
-        for m in [u, s] {
+        let d = Message::Detached { current: v };
+        for m in [u, s, d] {
             assert_eq!(m.command().header_len(), m.header_len());
             assert!(m.payload().is_empty());
             assert_eq!(decode(&encode(&m), &tiny), Ok(m), "{m:?}");

@@ -143,6 +143,15 @@ impl Bio {
         unsafe { ffi::rmirror_bio_copy_to(self.0.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
     }
 
+    /// Copies `buf` into the bio's pages (a read's data; at most `buf.len()` bytes, whole
+    /// segments); returns the bytes copied.
+    pub(crate) fn copy_from(&mut self, buf: &[u8]) -> usize {
+        // SAFETY: the bio is live and ours (type invariant, `&mut`); its pages are writable for
+        // its whole size (a read); `buf` is readable for its length and the shim copies whole
+        // segments only while they fit.
+        unsafe { ffi::rmirror_bio_copy_from(self.0.as_ptr(), buf.as_ptr().cast(), buf.len()) }
+    }
+
     /// Splits the bio to the disk's queue limits (bio-based drivers must do it themselves).
     /// Returns `None` when the block layer ended the bio (e.g. on a split error).
     pub(crate) fn split_to_limits(self) -> Option<Bio> {
@@ -358,6 +367,14 @@ impl<T: CloneData> NewClone<T> {
         core::mem::forget(io);
         // SAFETY: a clone from `BioSet::clone_bio`, submitted once (`self` is consumed).
         unsafe { ffi::rmirror_bio_submit(bio) };
+        self.0
+    }
+}
+
+impl<T: CloneData> NewClone<T> {
+    /// Gives up the clone's I/O (the device's disk is detached): the caller records the local
+    /// outcome itself; the original completes when the last reference goes, as usual.
+    pub(crate) fn without_io(self) -> CloneRef<T> {
         self.0
     }
 }

@@ -57,6 +57,7 @@ unsafe extern "C" {
     pub(super) fn rmirror_bio_submit(bio: *mut bio);
     pub(super) fn rmirror_bio_endio(bio: *mut bio, status: u8);
     pub(super) fn rmirror_bio_copy_to(bio: *mut bio, buf: *mut c_void, len: usize) -> usize;
+    pub(super) fn rmirror_bio_copy_from(bio: *mut bio, buf: *const c_void, len: usize) -> usize;
     pub(super) fn rmirror_write_sync(
         bdev: *mut block_device,
         sector: u64,

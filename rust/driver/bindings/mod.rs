@@ -53,6 +53,10 @@ pub(crate) mod errno {
     pub(crate) fn ealready() -> Error {
         e(bindings::EALREADY)
     }
+    /// `ENOTCONN`: not connected (nothing to pull a detached disk's data from).
+    pub(crate) fn enotconn() -> Error {
+        e(bindings::ENOTCONN)
+    }
 }
 
 /// Runs `f` in a `memalloc_noio` scope: allocations inside behave as GFP_NOIO, so the I/O

@@ -6,7 +6,7 @@ use std::io;
 
 use clap::{Args, ValueEnum};
 use rmirror_core::state::conn::Config as Timing;
-use rmirror_core::table::{self, Meta, Protocol, Role, SockAddr, Table, TableError};
+use rmirror_core::table::{self, Meta, OnIoError, Protocol, Role, SockAddr, Table, TableError};
 
 use crate::error::Failure;
 use crate::sys;
@@ -22,7 +22,7 @@ pub struct CreateArgs {
     #[arg(
         long,
         value_name = "LINE",
-        conflicts_with_all = ["backing", "role", "local", "peer", "protocol", "inline_max", "node_id", "len", "meta"]
+        conflicts_with_all = ["backing", "role", "local", "peer", "protocol", "inline_max", "node_id", "len", "meta", "on_io_error"]
     )]
     pub table: Option<String>,
 
@@ -87,6 +87,11 @@ pub struct TableOpts {
     #[arg(long, value_name = "internal|core|PATH", value_parser = parse_meta)]
     pub meta: Option<String>,
 
+    /// What a primary does when its backing device fails a write: detach it and go on
+    /// through the peer, or pass the error on to the application [default: detach]
+    #[arg(long, value_enum)]
+    pub on_io_error: Option<OnIoErrorArg>,
+
     /// Device size in 512-byte sectors [default: the data size recorded in the metadata with
     /// --meta internal or PATH, else the size of the backing device]
     #[arg(long, value_name = "SECTORS")]
@@ -107,6 +112,25 @@ impl From<RoleArg> for Role {
         match r {
             RoleArg::Primary => Role::Primary,
             RoleArg::Secondary => Role::Secondary,
+        }
+    }
+}
+
+/// `--on-io-error` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnIoErrorArg {
+    /// Stop using the failed disk; reads and writes go through the peer
+    Detach,
+    /// Fail the I/O to the application; keep using the disk
+    #[value(name = "pass_on")]
+    PassOn,
+}
+
+impl From<OnIoErrorArg> for OnIoError {
+    fn from(p: OnIoErrorArg) -> OnIoError {
+        match p {
+            OnIoErrorArg::Detach => OnIoError::Detach,
+            OnIoErrorArg::PassOn => OnIoError::PassOn,
         }
     }
 }
@@ -189,6 +213,7 @@ impl TableOpts {
                 }
             },
             meta,
+            on_io_error: self.on_io_error.map_or(OnIoError::Detach, OnIoError::from),
         };
         // A path with whitespace would split into several fields: catch it by name.
         if backing.chars().any(char::is_whitespace) {

@@ -121,6 +121,19 @@ pub enum Command {
         name: String,
     },
 
+    /// Re-attach the failed disk of primary NAME and pull back from the peer what it missed
+    #[command(
+        after_help = "After an I/O error under on_io_error=detach the primary stops using its disk \
+        and reads and writes through the peer (status: disk=detached). Once the backing device works \
+        again, attach pulls every region written while detached from the peer (disk=attaching), \
+        then uses the disk again (disk=up_to_date). Fails with EALREADY when the disk is attached, \
+        with ENOTCONN when the peer is not connected (nothing to pull from)."
+    )]
+    Attach {
+        /// Device name
+        name: String,
+    },
+
     /// Show the status of device NAME, or of all devices
     Status {
         /// Device name [default: all devices]
@@ -174,6 +187,7 @@ impl Command {
             Command::Disconnect { name } => ("disconnect", Some(name.clone())),
             Command::Primary { name } => ("primary", Some(name.clone())),
             Command::Secondary { name } => ("secondary", Some(name.clone())),
+            Command::Attach { name } => ("attach", Some(name.clone())),
             Command::Status { name, .. } => ("status", name.clone()),
             Command::List { .. } => ("list", None),
             Command::Table { name } => ("table", name.clone()),
@@ -252,6 +266,10 @@ fn explain(f: Failure, cmd: Cmd, name: &str, data: &str) -> Failure {
             "{name} has no up-to-date data: a resync to it has not finished"
         )),
         (Cmd::Secondary, libc::EBUSY) => f.hint(format!("{name} is open or mounted")),
+        (Cmd::Attach, libc::EALREADY) => f.hint(format!("the disk of {name} is attached")),
+        (Cmd::Attach, libc::ENOTCONN) => f.hint(format!(
+            "{name} is not connected: its missed regions can only be pulled from the peer"
+        )),
         (Cmd::Connect, libc::EINVAL) if data == "discard-my-data" && abi::validate_name(name.as_bytes()).is_ok() => {
             f.hint(format!("{name} is primary: a primary never discards its data (rmirrorctl secondary {name} first)"))
         }
@@ -334,6 +352,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Secondary { name } => {
             call(&open(cli)?, Cmd::Secondary, name, "")?;
+        }
+        Command::Attach { name } => {
+            call(&open(cli)?, Cmd::Attach, name, "")?;
         }
         Command::Status { name, output } => {
             let ctl = open(cli)?;
@@ -575,6 +596,9 @@ mod tests {
         assert_eq!(c.command.label(), ("primary", Some("r0".into())));
         let c = parse(&["secondary", "r1"]).unwrap();
         assert_eq!(c.command.label(), ("secondary", Some("r1".into())));
+        let c = parse(&["attach", "r2"]).unwrap();
+        assert_eq!(c.command.label(), ("attach", Some("r2".into())));
+        assert!(parse(&["attach"]).is_err());
         let c = parse(&["disconnect", "r1"]).unwrap();
         assert!(matches!(&c.command, Command::Disconnect { name } if name == "r1"));
         assert_eq!(c.command.label(), ("disconnect", Some("r1".into())));
@@ -787,7 +811,20 @@ mod tests {
         );
         let f = explain(Failure::os(libc::EBUSY), Cmd::Secondary, "r0", "");
         assert_eq!(f.hints, ["r0 is open or mounted"]);
-        for cmd in [Cmd::Connect, Cmd::Disconnect, Cmd::Primary, Cmd::Secondary] {
+        let f = explain(Failure::os(libc::EALREADY), Cmd::Attach, "r0", "");
+        assert_eq!(f.hints, ["the disk of r0 is attached"]);
+        let f = explain(Failure::os(libc::ENOTCONN), Cmd::Attach, "r0", "");
+        assert_eq!(
+            f.hints,
+            ["r0 is not connected: its missed regions can only be pulled from the peer"]
+        );
+        for cmd in [
+            Cmd::Connect,
+            Cmd::Disconnect,
+            Cmd::Primary,
+            Cmd::Secondary,
+            Cmd::Attach,
+        ] {
             let f = explain(Failure::os(libc::ENXIO), cmd, "r9", "");
             assert_eq!(f.hints, ["no rmirror device named r9"]);
             let f = explain(Failure::os(libc::EPERM), cmd, "r0", "");

@@ -63,6 +63,20 @@ impl Uuids {
         self.current = fresh;
     }
 
+    /// The primary's disk failed and was detached: the secondary holds the only up-to-date
+    /// data, and both sides adopt generation `fresh` (the primary in memory only). The old
+    /// generation goes to the history, never to the bitmap UUID: a failed disk that comes back
+    /// with its old superblock finds its generation only in the peer's history (rule 60: a
+    /// full sync to it; as primary it is refused), because the bitmaps do not track what it
+    /// missed.
+    pub fn peer_detached(&mut self, fresh: u64) {
+        let fresh = fresh & MASK;
+        if fresh != self.current & MASK {
+            self.push_history(self.current);
+            self.current = fresh;
+        }
+    }
+
     fn push_history(&mut self, v: u64) {
         self.history[1] = self.history[0];
         self.history[0] = v;
@@ -512,6 +526,32 @@ mod tests {
         let mut x = day0;
         x.new_current(0x1000);
         assert_eq!(compare(&w, &x, true).decision, SplitBrain);
+    }
+
+    #[test]
+    fn a_detached_disk_is_never_a_source_again() {
+        // In sync at generation 0x100; the primary's disk fails: both adopt 0x200 (the
+        // primary in memory), the failed disk keeps 0x100 on its superblock.
+        let synced = u(0x100, 0, 0x80, 0);
+        let mut sec = synced;
+        sec.peer_detached(0x200);
+        let mut pri = synced;
+        pri.peer_detached(0x200);
+        assert_eq!((sec.current, sec.bitmap, sec.history), (0x200, 0, [0x100, 0x80]));
+        // Still connected (or reconnecting): the same generation, nothing to resync.
+        assert_eq!(compare(&pri, &sec, true).decision, NoSync);
+        // Adopting it twice changes nothing (the notice is sent again on every connection).
+        let again = { let mut x = sec; x.peer_detached(0x200); x };
+        assert_eq!(again, sec);
+        // The old disk comes back with its old superblock: a full sync to it, from either
+        // side's view; never a source, never a bitmap-based sync (nothing tracked its misses).
+        let (x, y) = both(&synced, &sec);
+        assert_eq!((x.decision, x.rule), (SyncTarget { full: true }, 60));
+        assert_eq!((y.decision, y.rule), (SyncSource { full: true }, 80));
+        // Even after the secondary was promoted and wrote on.
+        let mut promoted = sec;
+        promoted.new_current(0x300);
+        assert_eq!(compare(&synced, &promoted, true).decision, SyncTarget { full: true });
     }
 
     #[test]

@@ -142,6 +142,7 @@ pub fn frames() -> Vec<Vec<u8>> {
         },
         Message::Uuids(handshake().uuids),
         Message::InSync { current: 0x1111 },
+        Message::Detached { current: 0x2222 },
     ];
     msgs.iter().map(encode).collect()
 }
