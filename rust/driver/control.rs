@@ -13,7 +13,7 @@ use crate::rcore::table;
 use core::fmt::Write;
 use kernel::prelude::*;
 use kernel::str::CString;
-use kernel::sync::{new_mutex, Mutex};
+use kernel::sync::{new_mutex, Arc, Mutex};
 use kernel::uaccess::{UserPtr, UserSlice};
 
 /// Most devices per node (also the range of minors `/dev/rmirror0..15`).
@@ -74,6 +74,8 @@ impl Registry {
 pub(crate) struct Control {
     #[pin]
     registry: Mutex<Registry>,
+    /// State-change events of every device.
+    events: Arc<crate::events::Events>,
 }
 
 impl Control {
@@ -81,6 +83,7 @@ impl Control {
     pub(crate) fn new() -> impl PinInit<Self, Error> {
         try_pin_init!(Control {
             registry <- new_mutex!(Registry { slots: [const { Slot::Free }; MAX_DEVICES] }),
+            events: Arc::pin_init(crate::events::Events::new(), GFP_KERNEL)?,
         }? Error)
     }
 
@@ -201,6 +204,15 @@ impl Control {
                 dev.attach_disk()?;
                 reply(buf, 0, &|_| Ok(()))
             }
+            (Cmd::Events, _) => {
+                let data = req.data_str().map_err(|e| bad(c.as_str(), e.as_str()))?;
+                let since = abi::events::parse_request(data)
+                    .ok_or_else(|| bad(c.as_str(), "expected a sequence number or \"now\""))?;
+                let mut w = abi::TextWriter::new(abi::reply_area(buf));
+                self.events.read(since, &mut w)?;
+                let n = w.len();
+                abi::finish_reply(buf, 0, n).map_err(|_| ENOSPC)
+            }
             (Cmd::List, _) => {
                 let reg = self.registry.lock();
                 reply(buf, 0, &|w| {
@@ -257,7 +269,7 @@ impl Control {
                 on_io_error: t.on_io_error,
                 table: canon,
             };
-            Device::create(cfg, &t)
+            Device::create(cfg, &t, self.events.clone())
         })();
         let mut reg = self.registry.lock();
         match made {

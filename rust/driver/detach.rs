@@ -293,6 +293,7 @@ impl Device {
         }
         let res = self.md_writeback(true);
         self.conn.lock().pull_buf = None;
+        self.detach_rotated.store(false, Ordering::Release);
         match res {
             Ok(()) => pr_info!("{}: attach: disk up to date and in use again\n", &*self.cfg.name),
             Err(e) => self.detach(if e == EIO { "metadata write" } else { "metadata" }),
@@ -307,7 +308,10 @@ impl Device {
         }
         let mut g = self.uuids.lock();
         let ours = g.ours.as_mut()?;
-        ours.peer_detached(crate::bindings::random_u64() | 2);
+        // One new generation per detach; later connections repeat it.
+        if !self.detach_rotated.swap(true, Ordering::AcqRel) {
+            ours.peer_detached(crate::bindings::random_u64() | 2);
+        }
         let current = ours.current;
         g.shared = Some(current);
         Some(current)

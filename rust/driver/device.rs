@@ -265,10 +265,16 @@ pub(crate) struct Device {
     /// The sender owes the peer a `Detached` notice (set at detach and on every connection of
     /// a detached primary).
     pub(crate) detach_notice: AtomicBool,
+    /// This detach's new generation was made (later connections repeat it).
+    pub(crate) detach_rotated: AtomicBool,
     /// Regions our disk lacks (written while it was detached, or failed): pulled back by the
     /// attach. Marked from completions, hence the lock.
     #[pin]
     pub(crate) stale: IrqSpinLock<crate::resync::Fracture>,
+    /// The module's event ring, and what this device reported to it last.
+    pub(crate) events: Arc<crate::events::Events>,
+    #[pin]
+    pub(crate) reported: Mutex<crate::events::Reported>,
 }
 
 /// Everything the registry keeps for a device. Dropping it tears the device down in order:
@@ -326,7 +332,7 @@ fn start_threads(dev: &Arc<Device>, threads: &mut KVec<Thread>, listener: Option
 
 impl Device {
     /// Creates the device, its disk and its threads.
-    pub(crate) fn create(cfg: Config, t: &table::Table<'_>) -> Result<Entry> {
+    pub(crate) fn create(cfg: Config, t: &table::Table<'_>, events: Arc<crate::events::Events>) -> Result<Entry> {
         let backing = BackingDev::open(&cfg.backing_path).inspect_err(|e| {
             pr_err!("{}: cannot open backing device {}: error {}\n",
                 &*cfg.name, &*cfg.backing_path, e.to_errno());
@@ -365,7 +371,8 @@ impl Device {
         }
         let with_md = md.is_some();
         let gen = md.as_ref().map_or(crate::uuids::Gen::NONE, |m| m.gen());
-        if cfg.role == Role::Primary && !gen.consistent {
+        let fresh = gen.ours.is_none_or(|u| u.current & !1 == crate::rcore::state::resync::JUST_CREATED);
+        if cfg.role == Role::Primary && !gen.consistent && !fresh {
             // An interrupted resync to this disk, or an interrupted attach: its data is not
             // whole, and a primary would serve and replicate it.
             pr_err!("{}: refused as primary: the metadata says the data is inconsistent (an interrupted                 resync or attach): create it as secondary to be resynced
@@ -417,7 +424,10 @@ impl Device {
                 md_work <- new_condvar!(),
                 disk: AtomicU8::new(crate::detach::ATTACHED),
                 detach_notice: AtomicBool::new(false),
+                detach_rotated: AtomicBool::new(false),
                 stale <- IrqSpinLock::new(stale, c"rmirror_stale", kernel::static_lock_class!()),
+                events,
+                reported <- new_mutex!(crate::events::Reported { role: "", cstate: "", disk: "", repl: "", at_ms: 0 }),
                 role: AtomicU8::new(role_u8(cfg.role)),
                 cfg,
             }? Error),
@@ -439,6 +449,7 @@ impl Device {
             group: c"rmirror",
             attrs: &crate::sysfs::ATTRS,
         })?);
+        dev.report_created();
         start_threads(&dev, &mut entry.threads, listener)?;
         pr_info!("{}: created /dev/rmirror{} ({}, {} sectors on {}, local {}, peer {}, protocol {})\n",
             &*dev.cfg.name, dev.cfg.index, dev.role().as_str(), dev.cfg.sectors, &*dev.cfg.backing_path,
@@ -758,6 +769,7 @@ impl Entry {
         let dev = self.dev.clone();
         drop(self);
         pr_info!("{}: removed\n", &*dev.cfg.name);
+        dev.events.emit(crate::rcore::abi::events::DESTROY, dev.cfg.name.to_str().unwrap_or("?"), &[]);
     }
 }
 

@@ -41,6 +41,7 @@ impl Device {
     /// meanwhile (handshake timeout, outage limits). `None` when the device stops.
     fn wait_complete(&self, served: u64) -> Option<(Arc<dyn Transport>, u64)> {
         loop {
+            self.report_events();
             let now = self.now_ms();
             let (act, generation) = {
                 let mut c = self.conn.lock();
@@ -69,6 +70,7 @@ impl Device {
     /// One timer tick of connection `generation`; sends a ping when one is due. Returns why
     /// the connection must end, if it must.
     fn heartbeat(&self, generation: u64, meta: &dyn Transport) -> Option<&'static str> {
+        self.report_events();
         let now = self.now_ms();
         let (act, timeout) = {
             let mut c = self.conn.lock();

@@ -33,6 +33,7 @@ mod bindings;
 mod conn;
 mod control;
 mod detach;
+mod events;
 mod device;
 mod heartbeat;
 mod md;

@@ -599,6 +599,21 @@ void rmirror_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
+/*
+ * The control device's open files pin the module (upstream's Rust miscdevice leaves the fops
+ * owner unset): an ioctl may sleep (EVENTS waits for events), and the module's code must not go
+ * away under it.
+ */
+bool rmirror_module_get(void)
+{
+	return try_module_get(THIS_MODULE);
+}
+
+void rmirror_module_put(void)
+{
+	module_put(THIS_MODULE);
+}
+
 unsigned int rmirror_noio_save(void)
 {
 	return memalloc_noio_save();

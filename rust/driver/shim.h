@@ -78,6 +78,8 @@ int rmirror_thread_stop(struct task_struct *task);
 unsigned long rmirror_spin_lock_irqsave(spinlock_t *lock);
 bool rmirror_spin_trylock_irqsave(spinlock_t *lock, unsigned long *flags);
 void rmirror_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
+bool rmirror_module_get(void);
+void rmirror_module_put(void);
 unsigned int rmirror_noio_save(void);
 void rmirror_noio_restore(unsigned int flags);
 #endif

@@ -325,7 +325,7 @@ def wait_in_sync(vm, timeout=180):
         if st["out_of_sync"] == 0 and st["repl"] == "established":
             return st
         assert time.monotonic() < deadline, f"{vm.name}: not in sync after {timeout}s: {st}"
-        time.sleep(1)
+        time.sleep(0.3)
 
 
 
@@ -338,7 +338,7 @@ def wait_replayed(vm, timeout=180):
         if st["queued"] == 0 and st["repl"] == "established" and st["out_of_sync"] == 0:
             return st
         assert time.monotonic() < deadline, f"{vm.name}: queue not replayed after {timeout}s: {st}"
-        time.sleep(1)
+        time.sleep(0.3)
 
 
 def same_start(pair, mib=64):

@@ -155,11 +155,14 @@ pub enum Cmd {
     /// I/O error under `on_io_error=detach`): the regions it missed are pulled back from the
     /// peer (`EALREADY` if attached, `ENOTCONN` without a connection to pull from).
     Attach = 10,
+    /// Report the event lines from sequence number `data` on (decimal; see [`events`]),
+    /// waiting up to a second for one; `data` = `now`: only the next sequence number.
+    Events = 11,
 }
 
 impl Cmd {
     /// Every command, in `nr` order.
-    pub const ALL: [Cmd; 11] = [
+    pub const ALL: [Cmd; 12] = [
         Cmd::Version,
         Cmd::Create,
         Cmd::Remove,
@@ -171,6 +174,7 @@ impl Cmd {
         Cmd::Primary,
         Cmd::Secondary,
         Cmd::Attach,
+        Cmd::Events,
     ];
 
     /// The ioctl command number (`_IOC_NR`).
@@ -192,6 +196,7 @@ impl Cmd {
             8 => Some(Cmd::Primary),
             9 => Some(Cmd::Secondary),
             10 => Some(Cmd::Attach),
+            11 => Some(Cmd::Events),
             _ => None,
         }
     }
@@ -225,12 +230,13 @@ impl Cmd {
             Cmd::Primary => "PRIMARY",
             Cmd::Secondary => "SECONDARY",
             Cmd::Attach => "ATTACH",
+            Cmd::Events => "EVENTS",
         }
     }
 
     /// Whether the command reads the `name` field.
     pub const fn takes_name(self) -> bool {
-        !matches!(self, Cmd::Version | Cmd::List)
+        !matches!(self, Cmd::Version | Cmd::List | Cmd::Events)
     }
 }
 
@@ -256,6 +262,8 @@ pub const IOC_PRIMARY: u32 = Cmd::Primary.request();
 pub const IOC_SECONDARY: u32 = Cmd::Secondary.request();
 /// `RMIRROR_IOC_ATTACH` = `_IOWR(0xE7, 10, 4096)`.
 pub const IOC_ATTACH: u32 = Cmd::Attach.request();
+/// `RMIRROR_IOC_EVENTS` = `_IOWR(0xE7, 11, 4096)`.
+pub const IOC_EVENTS: u32 = Cmd::Events.request();
 
 const _: () = assert!(BUF_LEN <= IOC_SIZE_MAX);
 const _: () = assert!(IOC_VERSION == 0xD000_E700);
@@ -975,6 +983,64 @@ pub mod status {
     }
 }
 
+/// Event lines (the EVENTS command, `rmirrorctl events`), one per state change of a device:
+/// `SEQ KIND name=NAME KEY=VALUE ...`, with `SEQ` a decimal sequence number (module-wide,
+/// increasing by one per event), `KIND` one of [`KINDS`], and the keys and values of the
+/// status text ([`KEYS`]): a `create` line carries all of them, a `change` line the ones that
+/// changed, a `destroy` line none. Like `drbdsetup events2`, the tool first prints an `exists`
+/// line per device (from STATUS), then the changes.
+pub mod events {
+    use super::status;
+
+    /// Kind: the device's state when the reader started (printed by the tool, never sent).
+    pub const EXISTS: &str = "exists";
+    /// Kind: a device was created.
+    pub const CREATE: &str = "create";
+    /// Kind: some of the device's states changed.
+    pub const CHANGE: &str = "change";
+    /// Kind: the device was removed.
+    pub const DESTROY: &str = "destroy";
+    /// Every kind.
+    pub const KINDS: [&str; 4] = [EXISTS, CREATE, CHANGE, DESTROY];
+    /// The states an event reports, with their status keys: role, connection, disk and
+    /// replication (resync) state.
+    pub const KEYS: [&str; 4] = [status::ROLE, status::CSTATE, status::DISK, status::REPL];
+    /// EVENTS data asking for the next sequence number only.
+    pub const NOW: &str = "now";
+    /// The longest event line the kernel writes.
+    pub const LINE_MAX: usize = 160;
+
+    /// What an EVENTS request asks for.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Since {
+        /// The next sequence number (`now`).
+        Now,
+        /// Every kept event from this sequence number on.
+        Seq(u64),
+    }
+
+    /// Parses an EVENTS request's data.
+    pub fn parse_request(data: &str) -> Option<Since> {
+        if data == NOW {
+            return Some(Since::Now);
+        }
+        if data.is_empty() || data.len() > 20 || !data.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        data.parse().ok().map(Since::Seq)
+    }
+
+    /// Splits an event line into its sequence number, kind and `key=value` text (read that
+    /// with [`status::parse`]); `None` for a malformed line.
+    pub fn parse_line(line: &str) -> Option<(u64, &str, &str)> {
+        let line = line.trim();
+        let (seq, rest) = line.split_once(' ')?;
+        let (kind, fields) = rest.split_once(' ').unwrap_or((rest, ""));
+        let seq = seq.parse().ok()?;
+        KINDS.contains(&kind).then_some((seq, kind, fields))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::status::{self, Status};
@@ -1005,8 +1071,10 @@ mod tests {
             assert_eq!(Cmd::from_request(cmd.request()), Some(*cmd));
             assert!(!cmd.as_str().is_empty());
         }
-        assert_eq!(Cmd::ALL.len(), 11);
-        assert_eq!(Cmd::from_nr(11), None);
+        assert_eq!(Cmd::ALL.len(), 12);
+        assert_eq!(Cmd::from_nr(12), None);
+        assert_eq!(Cmd::Events.request(), 0xD000_E70B);
+        assert!(!Cmd::Events.takes_name());
         assert_eq!(Cmd::Attach.request(), 0xD000_E70A);
         assert_eq!(Cmd::Attach.as_str(), "ATTACH");
         assert!(Cmd::Attach.takes_name());
@@ -1026,6 +1094,25 @@ mod tests {
     }
 
     #[test]
+    fn event_lines_and_requests() {
+        use super::events::{self, Since};
+        assert_eq!(events::parse_request("now"), Some(Since::Now));
+        assert_eq!(events::parse_request("0"), Some(Since::Seq(0)));
+        assert_eq!(events::parse_request("18446744073709551615"), Some(Since::Seq(u64::MAX)));
+        for bad in ["", "-1", "1 2", "18446744073709551616", "x", "Now", "+3"] {
+            assert_eq!(events::parse_request(bad), None, "{bad}");
+        }
+        let (seq, kind, rest) = events::parse_line("17 change name=r0 cstate=outage\n").unwrap();
+        assert_eq!((seq, kind), (17, "change"));
+        assert_eq!(status::get(rest, "name"), Some("r0"));
+        assert_eq!(status::get(rest, "cstate"), Some("outage"));
+        assert_eq!(events::parse_line("3 destroy"), Some((3, "destroy", "")));
+        for bad in ["", "x change name=r0", "3 rename name=r0", "3"] {
+            assert_eq!(events::parse_line(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn from_request_rejects_near_misses() {
         let ok = Cmd::Status.request();
         assert_eq!(Cmd::from_request(ok ^ (1 << 30)), None); // dir W only
@@ -1033,7 +1120,7 @@ mod tests {
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 4095)), None); // size
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 3, 8)), None);
         assert_eq!(Cmd::from_request(iowr(0xE6, 3, BUF_LEN)), None); // type
-        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 11, BUF_LEN)), None); // nr
+        assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 12, BUF_LEN)), None); // nr
         assert_eq!(Cmd::from_request(iowr(IOC_TYPE, 255, BUF_LEN)), None);
         assert_eq!(Cmd::from_request(0), None);
         assert_eq!(Cmd::from_request(u32::MAX), None);

@@ -90,6 +90,8 @@ unsafe extern "C" {
     pub(super) fn rmirror_spin_lock_irqsave(lock: *mut spinlock_t) -> c_ulong;
     pub(super) fn rmirror_spin_trylock_irqsave(lock: *mut spinlock_t, flags: *mut c_ulong) -> bool;
     pub(super) fn rmirror_spin_unlock_irqrestore(lock: *mut spinlock_t, flags: c_ulong);
+    pub(super) fn rmirror_module_get() -> bool;
+    pub(super) fn rmirror_module_put();
     pub(super) fn rmirror_noio_save() -> c_uint;
     pub(super) fn rmirror_noio_restore(flags: c_uint);
 }

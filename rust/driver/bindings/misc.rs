@@ -51,10 +51,20 @@ impl<T: ControlOps> ControlDevice<T> {
 /// # Invariants
 ///
 /// `0` points to the `data` of the live, pinned [`ControlDevice`] this file was opened on. That
-/// device lives in the module and is dropped at module exit, after every ioctl of an open file
-/// has returned (the misc device is deregistered first; upstream's miscdevice sets no fops
-/// owner, so an open file does not pin the module: the same holds for the module's code).
+/// device lives in the module and is dropped at module exit, which cannot begin while a file is
+/// open: each open file holds a module reference (upstream's miscdevice sets no fops owner, so
+/// `open` takes it and the file's release gives it back; `rmmod` fails while one is open, as
+/// for device-mapper's control device). The reference is dropped as the last step of the
+/// release; only the return from it runs after that, as with `module_put_and_kthread_exit`'s
+/// callers before it existed.
 pub(crate) struct OpenFile<T: ControlOps>(NonNull<T>);
+
+impl<T: ControlOps> Drop for OpenFile<T> {
+    fn drop(&mut self) {
+        // SAFETY: every `OpenFile` was made by `open` after its module reference was taken.
+        unsafe { super::ffi::rmirror_module_put() };
+    }
+}
 
 // SAFETY: only `&T` is reached through the pointer, and `T: Send + Sync`.
 unsafe impl<T: ControlOps> Send for OpenFile<T> {}
@@ -66,6 +76,10 @@ impl<T: ControlOps> MiscDevice for OpenFile<T> {
     type Ptr = KBox<Self>;
 
     fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
+        // SAFETY: no preconditions; a reference taken here is dropped by `OpenFile`'s drop.
+        if !unsafe { super::ffi::rmirror_module_get() } {
+            return Err(ENODEV); // the module is going away
+        }
         let misc: *const MiscDeviceRegistration<Self> = misc;
         // SAFETY: every registration of `OpenFile<T>` is the `reg` field of a `ControlDevice<T>`
         // (the only constructor is `ControlDevice::register`), which is alive while it is
@@ -74,6 +88,7 @@ impl<T: ControlOps> MiscDevice for OpenFile<T> {
         // SAFETY: `dev` is live (above); `data` is a field of it.
         let data = unsafe { NonNull::new_unchecked(&raw mut (*dev).data) };
         // INVARIANT: points to the data of the device being opened.
+        // (On an allocation failure the new `OpenFile`'s drop gives the reference back.)
         Ok(KBox::new(OpenFile(data), GFP_KERNEL)?)
     }
 

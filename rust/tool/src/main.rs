@@ -134,6 +134,24 @@ pub enum Command {
         name: String,
     },
 
+    /// Follow state changes: role, connection, disk and resync state, one line each
+    #[command(
+        after_help = "Like drbdsetup events2: first an `exists` line per device with its states, then \
+        `create`, `change` (the states that changed) and `destroy` lines as they happen, until \
+        interrupted or --timeout. Lines look like `change name=r0 cstate=outage`; with -o json each \
+        is an object with \"kind\", \"name\" and the states (and \"seq\", the kernel's event number)."
+    )]
+    Events {
+        /// Only this device's events [default: all devices]
+        name: Option<String>,
+        /// Output format
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+        /// Stop after this many seconds [default: never]
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+
     /// Show the status of device NAME, or of all devices
     Status {
         /// Device name [default: all devices]
@@ -189,6 +207,7 @@ impl Command {
             Command::Secondary { name } => ("secondary", Some(name.clone())),
             Command::Attach { name } => ("attach", Some(name.clone())),
             Command::Status { name, .. } => ("status", name.clone()),
+            Command::Events { name, .. } => ("events", name.clone()),
             Command::List { .. } => ("list", None),
             Command::Table { name } => ("table", name.clone()),
             Command::Version => ("version", None),
@@ -298,6 +317,58 @@ fn call(ctl: &Control, cmd: Cmd, name: &str, data: &str) -> Result<control::Answ
         .map_err(|f| explain(f, cmd, name, data))
 }
 
+/// `events`: the `exists` lines, then every event from the kernel's ring as it comes.
+fn follow_events(
+    ctl: &Control,
+    name: Option<&str>,
+    format: Format,
+    timeout: Option<u64>,
+) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let deadline = timeout.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+    // The position first, then the states: a change in between is printed twice, never lost.
+    let now = call(ctl, Cmd::Events, "", abi::events::NOW)?;
+    let mut next: u64 =
+        now.text.trim().parse().map_err(|_| {
+            Failure::invalid("events: the kernel's answer is not a sequence number")
+        })?;
+    let lines = match name {
+        // A device that does not exist yet is followed from its creation on.
+        Some(n) => match call(ctl, Cmd::Status, n, "") {
+            Ok(a) => vec![a.text],
+            Err(f) if f.errno == libc::ENXIO => Vec::new(),
+            Err(f) => return Err(f),
+        },
+        None => each_device(ctl, Cmd::Status)?
+            .into_iter()
+            .map(|(_, a)| a.text)
+            .collect(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut print = |line: String| -> Result<(), Failure> {
+        writeln!(stdout, "{line}")
+            .and_then(|_| stdout.flush())
+            .map_err(|e| Failure::invalid(format!("events: {e}")))
+    };
+    for l in &lines {
+        print(output::event_line(None, abi::events::EXISTS, l, format))?;
+    }
+    while deadline.is_none_or(|d| std::time::Instant::now() < d) {
+        let got = call(ctl, Cmd::Events, "", &next.to_string())?;
+        for line in got.text.lines() {
+            let Some((seq, kind, fields)) = abi::events::parse_line(line) else {
+                continue;
+            };
+            next = seq + 1;
+            if name.is_some_and(|n| abi::status::get(fields, abi::status::NAME) != Some(n)) {
+                continue;
+            }
+            print(output::event_line(Some(seq), kind, fields, format))?;
+        }
+    }
+    Ok(())
+}
+
 /// The names of all devices.
 fn names(ctl: &Control) -> Result<Vec<String>, Failure> {
     Ok(output::list_names(&call(ctl, Cmd::List, "", "")?.text))
@@ -355,6 +426,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Attach { name } => {
             call(&open(cli)?, Cmd::Attach, name, "")?;
+        }
+        Command::Events {
+            name,
+            output,
+            timeout,
+        } => {
+            follow_events(&open(cli)?, name.as_deref(), *output, *timeout)?;
         }
         Command::Status { name, output } => {
             let ctl = open(cli)?;

@@ -57,6 +57,69 @@ pub fn status_json(text: &str) -> Map<String, Value> {
     map
 }
 
+/// One event in `format`: `KIND key=value ...` or a JSON object with "kind", the event
+/// number "seq" (`None` for `exists` lines, which the tool makes from a status line: only the
+/// name and the states events report are kept) and the fields.
+pub fn event_line(seq: Option<u64>, kind: &str, fields: &str, format: Format) -> String {
+    use rmirror_core::abi::events;
+    let keep = |k: &str| seq.is_some() || k == status::NAME || events::KEYS.contains(&k);
+    let pairs: Vec<(&str, &str)> = status::parse(fields)
+        .filter_map(Result::ok)
+        .filter(|(k, _)| keep(k))
+        .collect();
+    match format {
+        Format::Normal => {
+            let mut line = kind.to_string();
+            for (k, v) in pairs {
+                line.push_str(&format!(" {k}={v}"));
+            }
+            line
+        }
+        Format::Json => {
+            let mut m = Map::new();
+            m.insert("kind".into(), Value::String(kind.into()));
+            if let Some(s) = seq {
+                m.insert("seq".into(), Value::from(s));
+            }
+            for (k, v) in pairs {
+                m.entry(k.to_string()).or_insert_with(|| json_value(k, v));
+            }
+            Value::Object(m).to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn event_lines() {
+        let st = "name=r0 minor=0 role=primary cstate=connected peer=10.0.0.2:7788 writes=3 repl=established disk=up_to_date";
+        assert_eq!(
+            event_line(None, "exists", st, Format::Normal),
+            "exists name=r0 role=primary cstate=connected repl=established disk=up_to_date"
+        );
+        assert_eq!(
+            event_line(Some(7), "change", "name=r0 cstate=outage", Format::Normal),
+            "change name=r0 cstate=outage"
+        );
+        let v: Value = serde_json::from_str(&event_line(
+            Some(7),
+            "change",
+            "name=0 disk=detached",
+            Format::Json,
+        ))
+        .unwrap();
+        assert_eq!(v["kind"], "change");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["name"], "0");
+        assert_eq!(v["disk"], "detached");
+        let v: Value = serde_json::from_str(&event_line(None, "exists", st, Format::Json)).unwrap();
+        assert!(v.get("seq").is_none() && v.get("writes").is_none() && v["role"] == "primary");
+    }
+}
+
 /// Renders status lines (one per device) in `format`; `single` selects an object instead of
 /// an array for JSON.
 pub fn render_status(lines: &[String], format: Format, single: bool) -> String {

@@ -209,6 +209,43 @@ pub struct Conn {
     /// Start of the current outage, if replication stopped and has not resumed.
     outage_since_ms: Option<u64>,
     gave_up: bool,
+    /// States entered since the last [`Conn::take_journal`], oldest first (for events).
+    journal: Journal,
+}
+
+/// The states a [`Conn`] entered since its journal was last taken, oldest first; at most
+/// [`Journal::CAPACITY`], older ones counted as `dropped` (the caller reports the loss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Journal {
+    states: [State; Journal::CAPACITY],
+    len: u8,
+    /// States entered but not kept (the journal was full).
+    pub dropped: u32,
+}
+
+impl Journal {
+    /// Most states kept between two takes.
+    pub const CAPACITY: usize = 8;
+
+    const EMPTY: Journal = Journal { states: [State::Standalone; Journal::CAPACITY], len: 0, dropped: 0 };
+
+    fn push(&mut self, st: State) {
+        let n = usize::from(self.len);
+        if n < Self::CAPACITY {
+            self.states[n] = st;
+            self.len += 1;
+        } else {
+            // Keep the newest: the last state is what the caller must end up reporting.
+            self.states.copy_within(1.., 0);
+            self.states[Self::CAPACITY - 1] = st;
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
+
+    /// The states, oldest first.
+    pub fn states(&self) -> &[State] {
+        &self.states[..usize::from(self.len)]
+    }
 }
 
 impl Conn {
@@ -225,7 +262,13 @@ impl Conn {
             last_connect_ms: 0,
             outage_since_ms: None,
             gave_up: false,
+            journal: Journal::EMPTY,
         })
+    }
+
+    /// The states entered since the last call (and empties the journal).
+    pub fn take_journal(&mut self) -> Journal {
+        core::mem::replace(&mut self.journal, Journal::EMPTY)
     }
 
     /// Current state.
@@ -258,6 +301,7 @@ impl Conn {
     fn enter(&mut self, st: State, now_ms: u64, act: &mut Actions) {
         if st != self.state {
             act.new_state = Some(st);
+            self.journal.push(st);
         }
         self.state = st;
         self.since_ms = now_ms;
@@ -472,6 +516,28 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_keeps_every_state_entered_and_the_newest_when_full() {
+        let mut c = Conn::new(Config::DEFAULT).unwrap();
+        assert_eq!(c.take_journal().states(), &[]);
+        c.on_connect(0).unwrap();
+        c.on_connected(1).unwrap();
+        c.on_handshake_ok(2).unwrap();
+        let j = c.take_journal();
+        assert_eq!(j.states(), &[State::Connecting, State::Handshake, State::Connected]);
+        assert_eq!(j.dropped, 0);
+        assert_eq!(c.take_journal().states(), &[]);
+        // A flapping link between two takes: the newest states are kept, the rest counted.
+        for i in 0..10 {
+            c.on_error(10 + i).unwrap();
+            c.on_connected(10 + i).unwrap();
+        }
+        let j = c.take_journal();
+        assert_eq!(j.states().len(), Journal::CAPACITY);
+        assert_eq!(j.dropped, 12);
+        assert_eq!(j.states().last(), Some(&c.state()));
+    }
 
     fn cfg() -> Config {
         Config {
