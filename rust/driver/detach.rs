@@ -120,7 +120,10 @@ impl Device {
             return bio.end(Status::ioerr());
         }
         let mut c = self.conn.lock();
-        if !c.sending() || !c.detach_ok || crate::bindings::noio(|| c.read_queue.reserve(1, GFP_KERNEL)).is_err() {
+        // The secondary's own out-of-sync regions must be known (merged into ours) first.
+        let merged = c.peer_bitmap != crate::device::PeerBitmap::Awaited;
+        if !c.sending() || !c.detach_ok || !merged
+            || crate::bindings::noio(|| c.read_queue.reserve(1, GFP_KERNEL)).is_err() {
             drop(c);
             return bio.end(Status::ioerr());
         }
@@ -205,8 +208,13 @@ impl Device {
         if self.disk.compare_exchange(DETACHED, ATTACHING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(crate::bindings::errno::ealready());
         }
+        if let Some(md) = (*self.md.lock()).as_mut() {
+            // A crash before the pull ends must not leave the stale regions unknown.
+            md.set_flags(crate::rcore::meta::MDF_FULL_SYNC, 0);
+        }
         if let Err(e) = self.md_writeback(true) {
             self.disk.store(DETACHED, Ordering::Release);
+            self.uuids.lock().consistent = true;
             pr_err!("{}: attach: the disk still fails (metadata write: error {}): still detached\n", name,
                 e.to_errno());
             return Err(EIO);
@@ -219,6 +227,9 @@ impl Device {
     /// Resync thread, attaching: pulls the next stale run over connection `generation`.
     /// Returns false when there is nothing left to do now.
     pub(crate) fn pull_step(&self, generation: u64) -> bool {
+        if self.disk() != ATTACHING {
+            return false;
+        }
         let next = {
             let st = self.stale.lock();
             st.next_dirty(0).map(|r| {
@@ -227,7 +238,10 @@ impl Device {
             })
         };
         let Some((sector, sectors)) = next else {
-            self.attached();
+            // Writes submitted while detached mark their ranges when they complete.
+            if self.diskless_inflight.load(Ordering::Acquire) == 0 {
+                self.attached();
+            }
             return false;
         };
         let slot = self.slot_acquire(sector, sectors);
@@ -248,7 +262,7 @@ impl Device {
                 return false;
             }
             c.pulled = None;
-            if c.read_queue.reserve(1, GFP_KERNEL).is_err()
+            if crate::bindings::noio(|| c.read_queue.reserve(1, GFP_KERNEL)).is_err()
                 || c.read_queue.push_within_capacity(PeerRead::Pull { sector, sectors }).is_err() {
                 return false;
             }
@@ -259,7 +273,11 @@ impl Device {
             loop {
                 match c.pulled.take() {
                     Some(true) => break c.pull_buf.take(),
-                    Some(false) => return false,
+                    Some(false) => {
+                        drop(c);
+                        self.detach("the peer could not read a region to pull back");
+                        return false;
+                    }
                     None if c.stopping || c.generation != generation => return false,
                     None => {
                         let _ = self.resync_cv.wait_interruptible_timeout(&mut c,
@@ -290,6 +308,9 @@ impl Device {
             let mut g = self.uuids.lock();
             g.consistent = true;
             g.dirty = true;
+        }
+        if let Some(md) = (*self.md.lock()).as_mut() {
+            md.set_flags(0, crate::rcore::meta::MDF_FULL_SYNC);
         }
         let res = self.md_writeback(true);
         self.conn.lock().pull_buf = None;
@@ -343,6 +364,11 @@ pub(crate) fn send_read(link: &dyn Transport, sector: u64, sectors: u32, stop: &
 pub(crate) fn serve_read(dev: &Device, meta: &dyn Transport, sector: u64, sectors: u32, buf: &mut KVVec<u8>,
     stop: &dyn Fn() -> bool) -> core::result::Result<(), &'static str> {
     let len = (sectors as usize) << wire::SECTOR_SHIFT;
+    if dev.inconsistent() || dev.bitmap.lock().test_range(sector, u64::from(sectors)).unwrap_or(true) {
+        // We may lack it ourselves (a sync target).
+        return crate::transport::send_msg(meta, &wire::Message::ResyncNegative { sector, sectors }, stop)
+            .map_err(|_| "cannot send a read reply");
+    }
     let msg = match dev.backing.read_sync(sector, buf, 0..len) {
         Ok(()) => wire::Message::ResyncReply { sector, sectors, data: buf.get(..len).unwrap_or(&[]) },
         Err(e) => {

@@ -267,6 +267,9 @@ pub(crate) struct Device {
     pub(crate) detach_notice: AtomicBool,
     /// This detach's new generation was made (later connections repeat it).
     pub(crate) detach_rotated: AtomicBool,
+    /// Writes in flight that skipped the disk (detached when submitted): the attach ends only
+    /// once they have marked their ranges stale.
+    pub(crate) diskless_inflight: AtomicU32,
     /// Regions our disk lacks (written while it was detached, or failed): pulled back by the
     /// attach. Marked from completions, hence the lock.
     #[pin]
@@ -361,7 +364,13 @@ impl Device {
             let marked = md.load_bitmap(&backing, &mut bitmap).inspect_err(|e| {
                 pr_err!("{}: cannot read the bitmap: error {}\n", &*cfg.name, e.to_errno());
             })?;
-            if marked > 0 {
+            if md.sb().flags & crate::rcore::meta::MDF_FULL_SYNC != 0 {
+                // An attach that did not finish: nothing says what this disk still lacks.
+                bitmap.set_all();
+                md.set_flags(0, crate::rcore::meta::MDF_FULL_SYNC);
+                pr_warn!("{}: metadata: an attach was interrupted: the whole device is marked out of sync\n",
+                    &*cfg.name);
+            } else if marked > 0 {
                 pr_info!("{}: bitmap: {} KiB out of sync\n", &*cfg.name, bitmap.weight_sectors() / 2);
             }
         }
@@ -425,6 +434,7 @@ impl Device {
                 disk: AtomicU8::new(crate::detach::ATTACHED),
                 detach_notice: AtomicBool::new(false),
                 detach_rotated: AtomicBool::new(false),
+                diskless_inflight: AtomicU32::new(0),
                 stale <- IrqSpinLock::new(stale, c"rmirror_stale", kernel::static_lock_class!()),
                 events,
                 reported <- new_mutex!(crate::events::Reported { role: "", cstate: "", disk: "", repl: "", at_ms: 0 }),
@@ -614,6 +624,12 @@ impl Device {
             l.shutdown();
         }
         self.link_changed.notify_all();
+        if self.disk.compare_exchange(crate::detach::ATTACHING, crate::detach::DETACHED, Ordering::AcqRel,
+            Ordering::Acquire).is_ok() {
+            // Stale regions cannot be pulled, nor written alone: detached again until the next attach.
+            self.detach_notice.store(true, Ordering::Release);
+            pr_warn!("{}: attach interrupted: the disk is detached again\n", &*self.cfg.name);
+        }
         pr_warn!("{}: connection lost: {} (now {}{})\n", &*self.cfg.name, why, state.as_str(),
             if kept > 0 { ", writes in flight queued" } else { "" });
         // Protocols A and B: writes completed before the peer made them durable.
@@ -725,6 +741,10 @@ impl Entry {
                 dev.role.store(role_u8(Role::Primary), Ordering::Release);
             }
             Role::Secondary => {
+                if dev.disk() != crate::detach::ATTACHED {
+                    pr_err!("{}: secondary: refused: the disk is detached (rmirrorctl attach first)\n", name);
+                    return Err(EBUSY);
+                }
                 let disk = self.disk.as_ref().ok_or(EINVAL)?;
                 disk.if_closed(|| dev.role.store(role_u8(Role::Secondary), Ordering::Release))
                     .inspect_err(|_| pr_err!("{}: secondary: refused: the device is open\n", name))?;

@@ -107,6 +107,9 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
     dev.stats.writes.fetch_add(1, Ordering::Relaxed);
     dev.stats.write_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
     // Local half: the clone goes to the backing device (dispatched once we return).
+    if diskless {
+        dev.diskless_inflight.fetch_add(1, Ordering::AcqRel);
+    }
     let req = if diskless { clone.without_io() } else { clone.submit() };
     // Peer half: queued for the sender thread or in the outage queue, or failed at once.
     if !dev.queue_for_peer(&req) {
@@ -168,6 +171,9 @@ impl Request {
             dev.detach("a write failed");
         }
         dev.mark_stale(self.sector, self.len);
+        if !failed {
+            dev.diskless_inflight.fetch_sub(1, Ordering::AcqRel);
+        }
         if self.al {
             dev.al_end(self.sector, u64::from(self.len >> 9));
         }

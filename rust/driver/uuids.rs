@@ -134,7 +134,13 @@ impl Device {
                 return Err(("both sides have fresh metadata: run create-md --overwrite-data-of-peer on \
                     the side whose data counts, or create-md --clear-bitmap on both", true));
             }
-            let v = compare(&ours, &peer, self.role() == Role::Primary);
+            let mut v = compare(&ours, &peer, self.role() == Role::Primary);
+            if self.disk() != crate::detach::ATTACHED && self.role() == Role::Primary
+                && resync::detach_notice_missed(&ours, &peer) {
+                // Our disk is detached and the peer missed only the generation of its Detached
+                // notice (the link went first): it is sent again on this connection.
+                v = resync::Verdict { decision: Decision::NoSync, rule: 0, fixup: Fixup::None };
+            }
             if v.fixup == Fixup::FinishOwnSync {
                 // Rule 34: the peer finished our last resync but its InSync never arrived.
                 if let Some(o) = g.ours.as_mut() {

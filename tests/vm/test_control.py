@@ -270,6 +270,20 @@ def test_rmmod_while_open_fails_device_keeps_working(pair):
     assert status(a)["cstate"] == "connected"
 
 
+def test_rmmod_while_the_control_device_is_open_fails(pair):
+    """An open /dev/rmirror-control pins the module, like device-mapper's control device: `rmirrorctl
+    events` sleeps in the EVENTS ioctl, and the module's code must not go away under it. rmmod fails while
+    it runs (and nothing crashes: the log scan), and succeeds once it has exited."""
+    a = pair.alpha
+    load(a)
+    out = a.ok(f"({CTL} events --timeout 4 > /tmp/ev.out 2>&1 &); sleep 1; "
+               "if rmmod rmirror 2>/dev/null; then echo RMMOD-SUCCEEDED; fi; "
+               "for i in $(seq 80); do pidof rmirrorctl > /dev/null || break; sleep 0.1; done; "
+               "rmmod rmirror && echo UNLOADED", timeout=60)
+    assert "RMMOD-SUCCEEDED" not in out and "UNLOADED" in out, out
+    assert not loaded(a)
+
+
 def test_rmmod_idle_removes_devices(pair):
     a = pair.alpha
     load(a)

@@ -327,7 +327,7 @@ def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair
     order (detached, attaching, up to date); its JSON form parses."""
     a, b = pair.alpha, pair.beta
     pair.each(load)
-    background(a, f"{CTL} events r0 --timeout 200", "events")
+    background(a, f"exec {CTL} events r0 --timeout 200", "events")
     sectors = int(a.ok("blockdev --getsz /dev/vdb").strip())
     a.ok(f"dmsetup create flaky --table '0 {sectors} linear /dev/vdb 0' && dmsetup mknodes && test -b /dev/mapper/flaky")
     a.ok(f"{CTL} create-md /dev/mapper/flaky --force --clear-bitmap")
@@ -386,8 +386,8 @@ def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair
     assert pulled * 512 <= 20 << 20, pulled  # the checker's 16 MiB and fio's 3 MiB at most
     assert "disk up to date and in use again" in a.ok("dmesg"), a.ok("dmesg | tail")
     expect_error(a, f"{CTL} attach r0", "attach", "r0", "EALREADY")
-    a.ok("sleep 0.5; pkill -x rmirrorctl; for i in $(seq 50); do pidof rmirrorctl > /dev/null || exit 0; sleep 0.1; done; exit 1")
-    ev = a.ok("cat /tmp/events.out").splitlines()
+    a.ok("sleep 0.5; killall rmirrorctl; for i in $(seq 50); do pidof rmirrorctl > /dev/null || exit 0; sleep 0.1; done; exit 1")
+    ev = [line for line in a.ok("cat /tmp/events.out").splitlines() if line != "Terminated"]
     print("events:\n  " + "\n  ".join(ev))
     want = ["create name=r0 role=primary", "change name=r0 cstate=connected", "change name=r0 disk=detached",
             "change name=r0 disk=attaching", "change name=r0 disk=up_to_date"]

@@ -104,6 +104,15 @@ impl Uuids {
     }
 }
 
+/// A detached primary (its disk failed, [`Uuids::peer_detached`] applied in memory) meets a
+/// peer that missed only that rotation (the link went before the `Detached` notice arrived):
+/// nothing needs copying, the notice is sent again. Any other difference is judged by
+/// [`compare`] as usual.
+pub fn detach_notice_missed(local: &Uuids, peer: &Uuids) -> bool {
+    local.current & MASK != peer.current & MASK && local.history[0] & MASK == peer.current & MASK
+        && local.bitmap & MASK == peer.bitmap & MASK
+}
+
 /// Both replicas hold fresh metadata and nobody said which data counts: the pair must not
 /// replicate until the user runs `create-md --overwrite-data-of-peer` on the side whose data
 /// is kept (a full sync to the other) or `create-md --clear-bitmap` on both (the disks are
@@ -548,6 +557,9 @@ mod tests {
         let (x, y) = both(&synced, &sec);
         assert_eq!((x.decision, x.rule), (SyncTarget { full: true }, 60));
         assert_eq!((y.decision, y.rule), (SyncSource { full: true }, 80));
+        // The notice was lost: the primary's rotation alone tells them apart.
+        assert!(detach_notice_missed(&pri, &synced));
+        assert!(!detach_notice_missed(&pri, &sec) && !detach_notice_missed(&synced, &sec));
         // Even after the secondary was promoted and wrote on.
         let mut promoted = sec;
         promoted.new_current(0x300);
