@@ -45,6 +45,7 @@ RESET = """
 while read -r _ m _; do case $m in /mnt/a|/mnt/b) umount $m ;; esac; done < /proc/mounts
 iptables -F 2>/dev/null; tc qdisc del dev eth0 root 2>/dev/null
 for f in /sys/kernel/debug/fail*/probability; do echo 0 > $f; done 2>/dev/null
+for c in /proc/[0-9]*/comm; do n=; read -r n 2>/dev/null < "$c"; [ "$n" = rmirrorctl ] && { killall rmirrorctl; sleep 0.3; break; }; done
 loaded=; while read -r n _; do [ "$n" = rmirror ] && loaded=1; done < /proc/modules
 [ -n "$loaded" ] && { rmmod rmirror || exit 1; }
 for d in /sys/block/dm-*; do [ -e "$d" ] && { dmsetup remove_all; break; }; done
@@ -57,7 +58,7 @@ exit 0
 
 def reset(vm):
     """Back to a clean guest: nothing mounted on /mnt/a, /mnt/b, no firewall rules or qdisc, no fault
-    injection armed, the module unloaded (module exit removes every idle device), loop devices detached.
+    injection armed, no rmirrorctl left running (an open control device pins the module), the module unloaded (module exit removes every idle device), loop devices detached.
     One agent round trip."""
     rc, out = vm.run(RESET, 120)
     assert rc == 0, f"{vm.name}: cleanup failed (rmmod rmirror with a device still in use?): {out}"
