@@ -20,8 +20,9 @@ use kernel::time::{Instant, Monotonic};
 /// Most writes in flight per device (each holds an in-flight slot from submission until its
 /// bio completes): bounds the peer queues, and the overlap checks scan this many slots.
 pub(crate) const MAX_INFLIGHT: usize = 128;
-/// Largest bio we accept, in sectors (128 KiB): also the largest payload on the wire.
-pub(crate) const MAX_IO_SECTORS: u32 = 256;
+/// Largest bio we accept, in sectors (1 MiB, as DRBD): also the largest payload on the wire,
+/// and the largest resync chunk.
+pub(crate) const MAX_IO_SECTORS: u32 = 2048;
 /// Protocols A and B: most completed writes awaiting the barrier ack that makes them durable
 /// at the peer (the sender waits beyond), and most barriers awaiting their ack.
 pub(crate) const TLOG_WRITES: usize = 1024;
@@ -278,6 +279,15 @@ pub(crate) struct Device {
     pub(crate) events: Arc<crate::events::Events>,
     #[pin]
     pub(crate) reported: Mutex<crate::events::Reported>,
+    /// Secondary: the writes in flight (see `peer_io`); taken from completions, a leaf lock.
+    #[pin]
+    pub(crate) peer_io: IrqSpinLock<crate::peer_io::PeerIo>,
+    /// Signalled when a write in flight is retired (the receiver waits for room or a drain).
+    #[pin]
+    pub(crate) peer_cv: CondVar,
+    /// Signalled when a write completes (the acker waits for work).
+    #[pin]
+    pub(crate) ack_cv: CondVar,
 }
 
 /// Everything the registry keeps for a device. Dropping it tears the device down in order:
@@ -328,6 +338,8 @@ fn start_threads(dev: &Arc<Device>, threads: &mut KVec<Thread>, listener: Option
             let arg = Arc::new(crate::conn::Listener { dev: dev.clone(), sock: l }, GFP_KERNEL)?;
             threads.push(Thread::start(&thread_name(i, "conn")?, arg, crate::conn::secondary_accept)?, GFP_KERNEL)?;
             threads.push(Thread::start(&thread_name(i, "recv")?, dev.clone(), crate::receiver::run)?, GFP_KERNEL)?;
+            // Stopped after the receiver, which drains its writes first (see `peer_io::run`).
+            threads.push(Thread::start(&thread_name(i, "ack")?, dev.clone(), crate::peer_io::run)?, GFP_KERNEL)?;
         }
     }
     Ok(())
@@ -438,6 +450,9 @@ impl Device {
                 stale <- IrqSpinLock::new(stale, c"rmirror_stale", kernel::static_lock_class!()),
                 events,
                 reported <- new_mutex!(crate::events::Reported { role: "", cstate: "", disk: "", repl: "", at_ms: 0 }),
+                peer_io <- IrqSpinLock::new(crate::peer_io::PeerIo::new()?, c"rmirror_peer_io", kernel::static_lock_class!()),
+                peer_cv <- new_condvar!(),
+                ack_cv <- new_condvar!(),
                 role: AtomicU8::new(role_u8(cfg.role)),
                 cfg,
             }? Error),
@@ -449,7 +464,7 @@ impl Device {
                 pr_err!("{}: cannot write the metadata: error {}\n", &*dev.cfg.name, e.to_errno());
             })?;
         }
-        let mut entry = Entry { threads: KVec::with_capacity(5, GFP_KERNEL)?, disk: None, dev: dev.clone() };
+        let mut entry = Entry { threads: KVec::with_capacity(6, GFP_KERNEL)?, disk: None, dev: dev.clone() };
         let disk_name = CString::try_from_fmt(fmt!("rmirror{}", dev.cfg.index))?;
         entry.disk = Some(Disk::create(dev.clone(), &DiskOptions {
             name: &disk_name,
@@ -476,7 +491,7 @@ impl Device {
         let shift = md.sb().al_extent_shift;
         let span = u64::from(ral::MIN_EXTENTS.min(ral::UPDATES_PER_TRANSACTION as u32) - 1) << (shift - 9);
         if span + 1 < u64::from(MAX_IO_SECTORS) {
-            pr_err!("{}: metadata: activity log extents of {} bytes are not supported (32 KiB at least)\n",
+            pr_err!("{}: metadata: activity log extents of {} bytes are not supported (256 KiB at least)\n",
                 &*cfg.name, 1u64 << shift);
             return Err(EINVAL);
         }

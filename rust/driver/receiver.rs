@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
-//! The secondary's data thread: applies each write of the current connection's data socket to
-//! the backing device and acknowledges it on the meta socket as its replication protocol says
-//! (C: once durable, B: once received, A: not at all; barriers: once flushed). Any message that
-//! fails to decode or breaks the protocol drops the connection before anything is written.
+//! The secondary's data thread: submits each write of the current connection's data socket to
+//! the backing device without waiting (`peer_io`: many in flight, acked from their completion)
+//! and acknowledges it as its replication protocol says (C: once durable, B: once received, A:
+//! not at all; barriers: once flushed). Any message that fails to decode or breaks the protocol
+//! drops the connection before anything is written.
 
 use crate::conn::{frame_buffer, io_reason, MAX_IO_BYTES};
 use crate::device::Device;
 use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, AckKind, BarrierFlags, Limits, Message, RleApply, WriteFlags};
-use crate::transport::{recv_msg, send_msg, RecvError, Transport, PAYLOAD_OFFSET};
+use crate::peer_io::Owed;
+use crate::rcore::state::peer::Step;
+use crate::transport::{recv_frame, send_msg, RecvError, Transport};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -20,6 +23,9 @@ pub(crate) fn run(dev: &Arc<Device>) {
         served = generation;
         let why = serve(dev, &*data, &*meta, generation, &mut buf);
         dev.connection_lost(generation, why);
+        // Nothing of that connection stays in flight when the next one is served (it may
+        // resync the same ranges) or the role changes (the acker skips its acks now).
+        dev.peer_drain();
     }
 }
 
@@ -39,19 +45,33 @@ impl Device {
     }
 }
 
+/// What the receiver does with a message once decoded (the message borrows its payload).
+enum Next {
+    /// Submit a replicated write with the payload.
+    Write(wire::WriteMeta),
+    /// Submit resync data with the payload.
+    Resync(u64, u32),
+    /// Done; send this reply if any.
+    Reply(Option<Message<'static>>),
+}
+
 /// Applies the primary's writes until the connection ends; returns why it ended.
-fn serve(dev: &Device, data: &dyn Transport, meta_sock: &dyn Transport, generation: u64, buf: &mut KVVec<u8>) -> &'static str {
+fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, generation: u64, buf: &mut KVVec<u8>)
+    -> &'static str {
     let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: MAX_IO_BYTES };
     let stop = || !dev.is_current(generation);
     // A WriteNotify announces (seq, len) of the WriteData that must follow.
     let mut announced: Option<(u32, u32)> = None;
     let mut writes_in_epoch: u32 = 0;
+    let mut head = [0u8; wire::MAX_HEADER_LEN];
     loop {
-        let msg = recv_msg(data, buf, &lim, &stop);
-        if msg.is_ok() {
-            dev.traffic(generation);
-        }
-        let reply = match msg {
+        let (hlen, payload) = match recv_frame(data, &mut head, &lim, &stop) {
+            Ok(f) => f,
+            Err(RecvError::Protocol(e)) => return e.as_str(),
+            Err(RecvError::Io(e)) => return io_reason(e),
+        };
+        let step = match wire::decode_parts(&head[..hlen], &payload, &lim) {
+            Err(e) => return e.as_str(),
             Ok(Message::SmallWrite { meta, .. } | Message::WriteData { meta, .. }) if meta.volume != 0 => {
                 return "write for an unknown volume";
             }
@@ -59,143 +79,142 @@ fn serve(dev: &Device, data: &dyn Transport, meta_sock: &dyn Transport, generati
                 if announced.is_some() {
                     return "small write while a large write was announced";
                 }
-                writes_in_epoch = writes_in_epoch.wrapping_add(1);
-                match apply(dev, &meta, buf, meta_sock, &stop) {
-                    Ok(Some(m)) => m,
-                    Ok(None) => continue,
-                    Err(why) => return why,
-                }
+                Next::Write(meta)
             }
             Ok(Message::WriteNotify { seq, len }) => {
                 if announced.replace((seq, len)).is_some() {
                     return "two write notifications in a row";
                 }
-                continue;
+                Next::Reply(None)
             }
             Ok(Message::WriteData { meta, .. }) => {
                 if announced.take() != Some((meta.seq, meta.len)) {
                     return "write data without a matching notification";
                 }
-                writes_in_epoch = writes_in_epoch.wrapping_add(1);
-                match apply(dev, &meta, buf, meta_sock, &stop) {
-                    Ok(Some(m)) => m,
-                    Ok(None) => continue,
-                    Err(why) => return why,
-                }
-            }
-            Ok(Message::Barrier { nr, flags }) => {
-                if flags.contains(BarrierFlags::FLUSH) && dev.backing.flush().is_err() {
-                    Message::Ack { seq: nr, kind: AckKind::Negative }
-                } else {
-                    let writes = core::mem::replace(&mut writes_in_epoch, 0);
-                    Message::BarrierAck { nr, writes }
-                }
-            }
-            Ok(Message::Uuids(u)) => {
-                dev.peer_uuids(generation, &u);
-                continue;
-            }
-            Ok(Message::Bitmap { offset, bits, last, rle }) => {
-                // The primary's bitmap replaces ours (its bits clear only on our acks, so it is
-                // a superset of what we still miss); ours is kept until then.
-                if dev.bitmap.lock().rle_decode(offset, bits, rle, RleApply::Copy).is_err() {
-                    return "bitmap chunk does not fit the device";
-                }
-                if !last {
-                    continue;
-                }
-                dev.resync.lock().announced = generation;
-                let left = dev.out_of_sync_sectors();
-                if left > 0 {
-                    // On disk before any resync data is written.
-                    if dev.target_inconsistent().is_err() {
-                        return "cannot write the metadata";
-                    }
-                    pr_info!("{}: sync target: {} KiB to receive\n", &*dev.cfg.name, left / 2);
-                    continue;
-                }
-                match dev.target_in_sync(generation) {
-                    Some(current) => Message::InSync { current },
-                    None => continue,
-                }
+                Next::Write(meta)
             }
             Ok(Message::ResyncReply { sector, sectors, .. }) => {
                 if announced.is_some() {
                     return "resync data while a large write was announced";
                 }
-                let data = PAYLOAD_OFFSET..PAYLOAD_OFFSET + ((sectors as usize) << wire::SECTOR_SHIFT);
-                if let Err(e) = dev.backing.write_sync(sector, buf, data, false, true) {
-                    pr_err!("{}: resync write of {} sectors at {} failed: error {}\n", &*dev.cfg.name, sectors,
-                        sector, e.to_errno());
-                    return "a resync write failed";
-                }
-                let done = dev.resync_written(sector, sectors);
-                if send_msg(meta_sock, &Message::ResyncAck { sector, sectors }, &stop).is_err() {
-                    return "cannot send an ack";
-                }
-                if !done {
-                    continue;
-                }
-                match dev.target_in_sync(generation) {
-                    Some(current) => Message::InSync { current },
-                    None => continue,
+                Next::Resync(sector, sectors)
+            }
+            Ok(msg) => {
+                // Everything else depends on the writes before it (it drains, `Step::drains`):
+                // they are done and acked.
+                dev.peer_drain();
+                match other(dev, msg, generation, &announced, &mut writes_in_epoch, meta_sock, buf, &stop) {
+                    Ok(reply) => Next::Reply(reply),
+                    Err(why) => return why,
                 }
             }
-            Ok(Message::ResyncRequest { sector, sectors }) => {
-                // A read of the primary, whose disk is detached (see `detach`).
-                if announced.is_some() {
-                    return "a read request while a large write was announced";
-                }
-                if let Err(why) = crate::detach::serve_read(dev, meta_sock, sector, sectors, buf, &stop) {
-                    return why;
-                }
-                continue;
-            }
-            Ok(Message::Detached { current }) => {
-                if let Err(why) = dev.peer_detached(current) {
-                    return why;
-                }
-                continue;
-            }
-            Ok(Message::Disconnect { .. }) => return "the peer disconnected",
-            Ok(_) => return "unexpected message on the data socket",
-            Err(RecvError::Protocol(e)) => return e.as_str(),
-            Err(RecvError::Io(e)) => return io_reason(e),
         };
-        if send_msg(meta_sock, &reply, &stop).is_err() {
-            return "cannot send an ack";
+        dev.traffic(generation);
+        let r = match step {
+            Next::Write(meta) => {
+                writes_in_epoch = writes_in_epoch.wrapping_add(1);
+                apply(dev, generation, &meta, payload, meta_sock, &stop)
+            }
+            Next::Resync(sector, sectors) => {
+                if payload.len() != (sectors as usize) << wire::SECTOR_SHIFT {
+                    return "resync data does not match its length";
+                }
+                dev.peer_submit(generation, sector, payload, Owed::Resync, false, true)
+            }
+            Next::Reply(Some(m)) => send_msg(meta_sock, &m, &stop).map_err(|_| "cannot send an ack"),
+            Next::Reply(None) => Ok(()),
+        };
+        if let Err(why) = r {
+            return why;
         }
     }
 }
 
-/// Writes one replicated write, whose payload [`recv_msg`] left at [`PAYLOAD_OFFSET`] of `buf`,
-/// to the backing device, and says how to acknowledge it (`None`: no ack). What the ack
-/// promises depends on the replication protocol (both sides' tables name the same one):
+/// A message other than a write or resync data, every write before it retired: returns the
+/// reply to send, if any.
+#[allow(clippy::too_many_arguments)]
+fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u32, u32)>, writes_in_epoch: &mut u32,
+    meta_sock: &dyn Transport, buf: &mut KVVec<u8>, stop: &dyn Fn() -> bool)
+    -> core::result::Result<Option<Message<'static>>, &'static str> {
+    Ok(match msg {
+        Message::Barrier { nr, flags } => {
+            if flags.contains(BarrierFlags::FLUSH) && dev.backing.flush().is_err() {
+                Some(Message::Ack { seq: nr, kind: AckKind::Negative })
+            } else {
+                let writes = core::mem::replace(writes_in_epoch, 0);
+                Some(Message::BarrierAck { nr, writes })
+            }
+        }
+        Message::Uuids(u) => {
+            dev.peer_uuids(generation, &u);
+            None
+        }
+        Message::Bitmap { offset, bits, last, rle } => {
+            // The primary's bitmap replaces ours (its bits clear only on our acks, so it is
+            // a superset of what we still miss); ours is kept until then.
+            if dev.bitmap.lock().rle_decode(offset, bits, rle, RleApply::Copy).is_err() {
+                return Err("bitmap chunk does not fit the device");
+            }
+            if !last {
+                return Ok(None);
+            }
+            dev.resync.lock().announced = generation;
+            let left = dev.out_of_sync_sectors();
+            if left > 0 {
+                // On disk before any resync data is written.
+                if dev.target_inconsistent().is_err() {
+                    return Err("cannot write the metadata");
+                }
+                pr_info!("{}: sync target: {} KiB to receive\n", &*dev.cfg.name, left / 2);
+                return Ok(None);
+            }
+            dev.target_in_sync(generation).map(|current| Message::InSync { current })
+        }
+        Message::ResyncRequest { sector, sectors } => {
+            // A read of the primary, whose disk is detached (see `detach`).
+            if announced.is_some() {
+                return Err("a read request while a large write was announced");
+            }
+            crate::detach::serve_read(dev, meta_sock, sector, sectors, buf, stop)?;
+            None
+        }
+        Message::Detached { current } => {
+            dev.peer_detached(current)?;
+            None
+        }
+        Message::Disconnect { .. } => return Err("the peer disconnected"),
+        _ => return Err("unexpected message on the data socket"),
+    })
+}
+
+/// Submits one replicated write (its payload received into its own buffer) to the backing
+/// device, acknowledged as its replication protocol says (both sides' tables name the same
+/// one):
 ///
-/// - C: the write goes with FUA and is acked `Durable` once done: the peer holds every
-///   acknowledged write even if it loses power right after the ack (the failover guarantee).
+/// - C: the write goes with FUA and is acked `Durable` from its completion (`peer_io`): the
+///   peer holds every acknowledged write even if it loses power right after the ack (the
+///   failover guarantee).
 /// - B: `Received` is acked on the meta socket before the write starts.
 /// - A: no ack.
 ///
 /// Under A and B the write goes with FUA only if the primary's had it: the barrier that
 /// follows makes it durable (its ack comes after a flush). A failed write is acked
-/// `Negative` in all three: the primary marks its range. The primary's PREFLUSH is honoured.
-fn apply(dev: &Device, meta: &wire::WriteMeta, buf: &KVVec<u8>, meta_sock: &dyn Transport, stop: &dyn Fn() -> bool)
-    -> core::result::Result<Option<Message<'static>>, &'static str> {
+/// `Negative` in all three: the primary marks its range. The primary's PREFLUSH is honoured,
+/// after every write before it is done.
+fn apply(dev: &Arc<Device>, generation: u64, meta: &wire::WriteMeta, payload: KVVec<u8>, meta_sock: &dyn Transport,
+    stop: &dyn Fn() -> bool) -> core::result::Result<(), &'static str> {
+    if payload.len() != meta.len as usize {
+        return Err("write data does not match its length");
+    }
     let proto = dev.cfg.protocol;
     if proto == Protocol::B && send_msg(meta_sock, &Message::Ack { seq: meta.seq, kind: AckKind::Received }, stop).is_err() {
         return Err("cannot send an ack");
     }
     let preflush = meta.flags.contains(WriteFlags::PREFLUSH);
-    let fua = proto == Protocol::C || meta.flags.contains(WriteFlags::FUA);
-    let data = PAYLOAD_OFFSET..PAYLOAD_OFFSET + meta.len as usize;
-    match dev.backing.write_sync(meta.sector, buf, data, preflush, fua) {
-        Ok(()) if proto == Protocol::C => Ok(Some(Message::Ack { seq: meta.seq, kind: AckKind::Durable })),
-        Ok(()) => Ok(None),
-        Err(e) => {
-            pr_err!("{}: write of {} bytes at sector {} failed: error {}\n",
-                &*dev.cfg.name, meta.len, meta.sector, e.to_errno());
-            Ok(Some(Message::Ack { seq: meta.seq, kind: AckKind::Negative }))
-        }
+    if (Step::Write { preflush }).drains() {
+        dev.peer_drain();
     }
+    let fua = proto == Protocol::C || meta.flags.contains(WriteFlags::FUA);
+    let owed = Owed::Write { seq: meta.seq, durable: proto == Protocol::C };
+    dev.peer_submit(generation, meta.sector, payload, owed, preflush, fua)
 }

@@ -6,7 +6,7 @@
 //! lost, or negatively acked. Once the connection is trusted again (after probation), the
 //! primary, the sync source, sends its bitmap to the secondary (RLE chunks, so the target knows
 //! it is inconsistent and how much is left) and then copies exactly the marked regions: for
-//! each run (at most 128 KiB at a time) it takes the run's in-flight slot, reads its own disk
+//! each run (at most 1 MiB at a time) it takes the run's in-flight slot, reads its own disk
 //! and sends a ResyncReply on the data socket; the target writes it with FUA and answers
 //! ResyncAck on the meta socket; only then are the bits cleared and the slot freed.
 //!

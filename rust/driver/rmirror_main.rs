@@ -41,6 +41,7 @@ mod md;
 #[path = "../core/src/lib.rs"]
 mod rcore;
 mod outage;
+mod peer_io;
 mod receiver;
 mod resync;
 // The core refers to its own modules as `crate::...`; make those paths resolve here too.

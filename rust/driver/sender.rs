@@ -110,7 +110,7 @@ fn next_job(dev: &Device, c: &mut Conn) -> Option<Job> {
 pub(crate) fn run(dev: &Arc<Device>) {
     let stop = || dev.stopping();
     loop {
-        let (job, link, generation, small_ok) = {
+        let (job, link, generation, small_ok, more) = {
             let mut c = dev.conn.lock();
             let job = loop {
                 if c.stopping {
@@ -121,13 +121,15 @@ pub(crate) fn run(dev: &Arc<Device>) {
                 }
                 let _ = dev.work.wait_interruptible_timeout(&mut c, kernel::time::msecs_to_jiffies(1000));
             };
-            (job, c.link.clone(), c.generation, c.small_writes)
+            // More writes queued: the transport may pack this one with the next (corking).
+            let more = !c.send_queue.is_empty();
+            (job, c.link.clone(), c.generation, c.small_writes, more)
         };
         let inline_max = if small_ok { dev.inline_max.load(Ordering::Relaxed) } else { 0 };
         let r = match (&job, &link) {
             (_, None) => Err(EINVAL), // cannot happen: a job is only picked while replicating
-            (Job::Replay(ts), Some(l)) => send_replay(&**l, ts, inline_max, &stop),
-            (Job::Write(req), Some(l)) => send_request(&**l, req, inline_max, &stop),
+            (Job::Replay(ts), Some(l)) => send_replay(&**l, ts, inline_max, more, &stop),
+            (Job::Write(req), Some(l)) => send_request(&**l, req, inline_max, more, &stop),
             (Job::Barrier(nr), Some(l)) => {
                 send_msg(&**l, &Message::Barrier { nr: *nr, flags: BarrierFlags::FLUSH }, &stop)
             }
@@ -183,7 +185,7 @@ impl Device {
 }
 
 /// Sends one entry of the outage queue as the write (or flush) it was.
-fn send_replay(link: &dyn Transport, ts: &ToSend, inline_max: u32, stop: &dyn Fn() -> bool) -> Result {
+fn send_replay(link: &dyn Transport, ts: &ToSend, inline_max: u32, more: bool, stop: &dyn Fn() -> bool) -> Result {
     let len = ts.entry.len;
     if len == 0 {
         let flags = if ts.preflush || ts.fua { BarrierFlags::FLUSH } else { BarrierFlags::empty() };
@@ -199,12 +201,13 @@ fn send_replay(link: &dyn Transport, ts: &ToSend, inline_max: u32, stop: &dyn Fn
     }
     let meta = WriteMeta { sector: ts.entry.sector, len, seq: ts.wire_seq, flags, volume: 0 };
     match wire::write_headers(meta, inline_max).map_err(|_| EINVAL)? {
-        WriteHeaders::Small(h) => link.send(&[h.as_bytes(), data], None, stop),
-        WriteHeaders::Large(n, d) => link.send(&[n.as_bytes(), d.as_bytes(), data], None, stop),
+        WriteHeaders::Small(h) => link.send_more(&[h.as_bytes(), data], None, more, stop),
+        WriteHeaders::Large(n, d) => link.send_more(&[n.as_bytes(), d.as_bytes(), data], None, more, stop),
     }
 }
 
-fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, stop: &dyn Fn() -> bool) -> Result {
+fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, more: bool, stop: &dyn Fn() -> bool)
+    -> Result {
     if req.len == 0 {
         let flags = if req.preflush || req.fua { BarrierFlags::FLUSH } else { BarrierFlags::empty() };
         return send_msg(link, &Message::Barrier { nr: req.seq, flags }, stop);
@@ -219,8 +222,8 @@ fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, 
     let meta = WriteMeta { sector: req.sector, len: req.len, seq: req.seq, flags, volume: 0 };
     let hdrs = wire::write_headers(meta, inline_max).map_err(|_| EINVAL)?;
     req.with_orig(|bio| match &hdrs {
-        WriteHeaders::Small(h) => link.send(&[h.as_bytes()], Some(bio), stop),
-        WriteHeaders::Large(n, d) => link.send(&[n.as_bytes(), d.as_bytes()], Some(bio), stop),
+        WriteHeaders::Small(h) => link.send_more(&[h.as_bytes()], Some(bio), more, stop),
+        WriteHeaders::Large(n, d) => link.send_more(&[n.as_bytes(), d.as_bytes()], Some(bio), more, stop),
     })?;
     let counter = if hdrs.is_small() { &req.dev.stats.small_writes } else { &req.dev.stats.large_writes };
     counter.fetch_add(1, Ordering::Relaxed);

@@ -129,7 +129,7 @@ struct rmirror_disk *rmirror_disk_create(void *priv, const char *name, struct bl
 	lim.max_hw_wzeroes_unmap_sectors = 0;
 	lim.max_user_wzeroes_unmap_sectors = 0;
 	lim.features &= ~(BLK_FEAT_ZONED | BLK_FEAT_NOWAIT | BLK_FEAT_POLL | BLK_FEAT_DAX);
-	lim.features |= BLK_FEAT_WRITE_CACHE | BLK_FEAT_FUA;
+	lim.features |= BLK_FEAT_WRITE_CACHE | BLK_FEAT_FUA | BLK_FEAT_IO_STAT;
 
 	disk = blk_alloc_disk(&lim, NUMA_NO_NODE);
 	if (IS_ERR(disk)) {
@@ -277,6 +277,21 @@ void rmirror_bio_submit(struct bio *bio)
 	submit_bio_noacct(bio);
 }
 
+/* I/O accounting of a bio submitted to our disk (iostat), when the queue's iostats are on. */
+unsigned long rmirror_acct_start(struct bio *bio)
+{
+	if (!blk_queue_io_stat(bio->bi_bdev->bd_disk->queue))
+		return 0;
+	return bio_start_io_acct(bio);
+}
+
+/* The end of what rmirror_acct_start() began (@start 0: not accounted). */
+void rmirror_acct_end(struct bio *bio, unsigned long start)
+{
+	if (start)
+		bio_end_io_acct(bio, start);
+}
+
 void rmirror_bio_endio(struct bio *bio, u8 status)
 {
 	bio->bi_status = status;
@@ -316,18 +331,17 @@ size_t rmirror_bio_copy_from(struct bio *bio, const void *buf, size_t len)
 }
 
 /*
- * Synchronously write @len bytes of a kmalloc'ed or vmalloc'ed buffer at @sector (the Rust
- * side only passes heap buffers it owns).
+ * A bio for @len bytes of a kmalloc'ed or vmalloc'ed buffer at @sector (the Rust side only
+ * passes heap buffers it owns); NULL if the buffer needs more than BIO_MAX_VECS pages.
  */
-static int rmirror_rw_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len, blk_opf_t opf)
+static struct bio *rmirror_buf_bio(struct block_device *bdev, sector_t sector, void *buf, size_t len, blk_opf_t opf)
 {
 	unsigned int nr = DIV_ROUND_UP(offset_in_page(buf) + len, PAGE_SIZE);
 	struct bio *bio;
 	size_t done = 0;
-	int ret;
 
 	if (nr > BIO_MAX_VECS)
-		return -EINVAL;
+		return NULL;
 	bio = bio_alloc(bdev, nr, opf, GFP_NOIO);
 	bio->bi_iter.bi_sector = sector;
 	while (done < len) {
@@ -338,17 +352,57 @@ static int rmirror_rw_sync(struct block_device *bdev, sector_t sector, void *buf
 
 		if (bio_add_page(bio, page, n, off) != n) {
 			bio_put(bio);
-			return -EIO;
+			return NULL;
 		}
 		done += n;
 	}
 	if (is_vmalloc_addr(buf) && op_is_write(opf))
 		flush_kernel_vmap_range(buf, len);
+	return bio;
+}
+
+/* Synchronously read or write @len bytes of a heap buffer at @sector. */
+static int rmirror_rw_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len, blk_opf_t opf)
+{
+	struct bio *bio = rmirror_buf_bio(bdev, sector, buf, len, opf);
+	int ret;
+
+	if (!bio)
+		return -EINVAL;
 	ret = submit_bio_wait(bio);
 	if (is_vmalloc_addr(buf) && !op_is_write(opf))
 		invalidate_kernel_vmap_range(buf, len);
 	bio_put(bio);
 	return ret;
+}
+
+/*
+ * Write @len bytes of a heap buffer at @sector without waiting: @end_io runs at completion (any
+ * context) with @private in bi_private, and must call rmirror_buf_bio_done(). The buffer must
+ * stay allocated until then.
+ */
+int rmirror_write_async(struct block_device *bdev, sector_t sector, const void *buf, size_t len, bool preflush,
+			bool fua, bio_end_io_t *end_io, void *private)
+{
+	blk_opf_t opf = REQ_OP_WRITE | REQ_SYNC | (preflush ? REQ_PREFLUSH : 0) | (fua ? REQ_FUA : 0);
+	struct bio *bio = rmirror_buf_bio(bdev, sector, (void *)buf, len, opf);
+
+	if (!bio)
+		return -EINVAL;
+	bio->bi_end_io = end_io;
+	bio->bi_private = private;
+	submit_bio(bio);
+	return 0;
+}
+
+/* The end of a bio from rmirror_write_async(): returns its status and private pointer, frees it. */
+u8 rmirror_buf_bio_done(struct bio *bio, void **private)
+{
+	blk_status_t status = bio->bi_status;
+
+	*private = bio->bi_private;
+	bio_put(bio);
+	return (u8)status;
 }
 
 int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,

@@ -51,11 +51,16 @@ struct bio *rmirror_clone_alloc(struct bio *orig, struct block_device *bdev,
 void rmirror_clone_free(struct bio *clone);
 void rmirror_bio_remap(struct bio *bio, struct block_device *bdev);
 void rmirror_bio_submit(struct bio *bio);
+unsigned long rmirror_acct_start(struct bio *bio);
+void rmirror_acct_end(struct bio *bio, unsigned long start);
 void rmirror_bio_endio(struct bio *bio, u8 status);
 size_t rmirror_bio_copy_to(struct bio *bio, void *buf, size_t len);
 size_t rmirror_bio_copy_from(struct bio *bio, const void *buf, size_t len);
 int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,
 		       bool preflush, bool fua);
+int rmirror_write_async(struct block_device *bdev, sector_t sector, const void *buf, size_t len, bool preflush,
+			bool fua, bio_end_io_t *end_io, void *private);
+u8 rmirror_buf_bio_done(struct bio *bio, void **private);
 int rmirror_read_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len);
 
 /* Kernel TCP sockets; addresses and ports in host byte order. */

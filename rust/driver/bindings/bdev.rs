@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! An opened backing block device (`bdev_file_open_by_path` / `bdev_fput`).
 
-use super::ffi;
+use super::{bio::Status, ffi};
 use core::ptr::NonNull;
 use kernel::bindings;
 use kernel::error::from_err_ptr;
@@ -78,6 +78,36 @@ impl BackingDev {
         kernel::error::to_result(ret)
     }
 
+    /// Writes the whole buffer of `w` at `sector` without waiting: `T::done` gets `w` back when
+    /// the write ends (possibly in interrupt context). On an error before submission, `w` is
+    /// returned at once. The caller keeps the device open until every write it started is done.
+    pub(crate) fn write_async<T: WriteDone>(
+        &self,
+        sector: u64,
+        w: KBox<AsyncWrite<T>>,
+        preflush: bool,
+        fua: bool,
+    ) -> core::result::Result<(), (KBox<AsyncWrite<T>>, Error)> {
+        if w.buf.is_empty() {
+            return Err((w, EINVAL));
+        }
+        let (data, len) = (w.buf.as_ptr(), w.buf.len());
+        let raw = KBox::into_raw(w);
+        // SAFETY: `bdev` is valid; `data` is the non-empty buffer of a `KVVec` (kmalloc or
+        // vmalloc), owned by the box, which nobody touches until `async_end_io::<T>` takes it
+        // back from `bi_private` (the heap buffer does not move with the box). The end_io
+        // function matches `T`.
+        let ret = unsafe {
+            ffi::rmirror_write_async(self.as_raw(), sector, data.cast(), len, preflush, fua,
+                Some(async_end_io::<T>), raw.cast())
+        };
+        if ret != 0 {
+            // SAFETY: not submitted, so the box is still ours alone.
+            return Err((unsafe { KBox::from_raw(raw) }, Error::from_errno(ret)));
+        }
+        Ok(())
+    }
+
     /// Reads into `buf[range]` from `sector` and waits for completion; the buffer rules of
     /// [`BackingDev::write_sync`] apply.
     pub(crate) fn read_sync(&self, sector: u64, buf: &mut KVVec<u8>, range: core::ops::Range<usize>) -> Result {
@@ -96,6 +126,37 @@ impl BackingDev {
         // SAFETY: `bdev` is valid by the type invariant.
         kernel::error::to_result(unsafe { bindings::blkdev_issue_flush(self.as_raw()) })
     }
+}
+
+/// A kernel heap buffer written by [`BackingDev::write_async`], with what its owner keeps with
+/// it (`tag`).
+pub(crate) struct AsyncWrite<T> {
+    buf: KVVec<u8>,
+    pub(crate) tag: T,
+}
+
+impl<T> AsyncWrite<T> {
+    /// A write of `buf` (must not be empty to be submitted).
+    pub(crate) fn new(buf: KVVec<u8>, tag: T) -> Self {
+        Self { buf, tag }
+    }
+}
+
+/// What happens when an [`AsyncWrite`] ends.
+pub(crate) trait WriteDone: Send + Sized + 'static {
+    /// The write ended with `status`. May run in interrupt context: must not sleep.
+    fn done(w: KBox<AsyncWrite<Self>>, status: Status);
+}
+
+/// `bi_end_io` of [`BackingDev::write_async`].
+unsafe extern "C" fn async_end_io<T: WriteDone>(bio: *mut bindings::bio) {
+    let mut private = core::ptr::null_mut();
+    // SAFETY: the block layer passes the completed bio, one of `rmirror_write_async`'s; the
+    // shim frees it and hands back its private pointer.
+    let status = unsafe { ffi::rmirror_buf_bio_done(bio, &mut private) };
+    // SAFETY: `private` is the box `write_async::<T>` gave away for this bio, taken back once.
+    let w = unsafe { KBox::from_raw(private.cast::<AsyncWrite<T>>()) };
+    T::done(w, Status::from_raw(status));
 }
 
 impl Drop for BackingDev {

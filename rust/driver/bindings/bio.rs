@@ -41,6 +41,11 @@ impl Status {
         Status::from_errno(super::errno::eopnotsupp())
     }
 
+    /// A status as the block layer stored it (for the other wrappers of this layer).
+    pub(super) const fn from_raw(v: u8) -> Status {
+        Status(v)
+    }
+
     /// Whether this is `BLK_STS_OK`.
     pub(crate) fn is_ok(self) -> bool {
         self == Status::OK
@@ -205,6 +210,8 @@ struct Front<T> {
     refs: AtomicU32,
     /// The original bio, owned (see the module documentation).
     orig: NonNull<bindings::bio>,
+    /// Its I/O accounting's start (`bio_start_io_acct`; 0: not accounted).
+    acct: kernel::ffi::c_ulong,
     data: T,
 }
 
@@ -263,7 +270,9 @@ impl<T: CloneData> BioSet<T> {
         };
         let Some(clone) = NonNull::new(clone) else { return Err(orig) };
         let orig = core::mem::ManuallyDrop::new(orig);
-        let front = Front { refs: AtomicU32::new(1), orig: orig.0, data };
+        // SAFETY: `orig` is live and ours; it was submitted to our disk.
+        let acct = unsafe { ffi::rmirror_acct_start(orig.0.as_ptr()) };
+        let front = Front { refs: AtomicU32::new(1), orig: orig.0, acct, data };
         // SAFETY: the set was created with `front_pad::<T>()` bytes in front of every bio, so
         // this is the start of the clone's allocation, suitably aligned (checked above), ours.
         unsafe { core::ptr::write(clone.as_ptr().cast::<u8>().sub(front_pad::<T>()).cast::<Front<T>>(), front) };
@@ -347,6 +356,7 @@ impl<T: CloneData> Drop for CloneRef<T> {
         // once, the data dropped once, then the clone goes back to its set.
         unsafe {
             let status = (*front).data.complete();
+            ffi::rmirror_acct_end((*front).orig.as_ptr(), (*front).acct);
             ffi::rmirror_bio_endio((*front).orig.as_ptr(), status.0);
             core::ptr::drop_in_place(&raw mut (*front).data);
             ffi::rmirror_clone_free(self.bio.as_ptr());

@@ -56,6 +56,8 @@ unsafe extern "C" {
     pub(super) fn rmirror_bio_remap(bio: *mut bio, bdev: *mut block_device);
     pub(super) fn rmirror_bio_submit(bio: *mut bio);
     pub(super) fn rmirror_bio_endio(bio: *mut bio, status: u8);
+    pub(super) fn rmirror_acct_start(bio: *mut bio) -> c_ulong;
+    pub(super) fn rmirror_acct_end(bio: *mut bio, start: c_ulong);
     pub(super) fn rmirror_bio_copy_to(bio: *mut bio, buf: *mut c_void, len: usize) -> usize;
     pub(super) fn rmirror_bio_copy_from(bio: *mut bio, buf: *const c_void, len: usize) -> usize;
     pub(super) fn rmirror_write_sync(
@@ -66,6 +68,17 @@ unsafe extern "C" {
         preflush: bool,
         fua: bool,
     ) -> c_int;
+    pub(super) fn rmirror_write_async(
+        bdev: *mut block_device,
+        sector: u64,
+        buf: *const c_void,
+        len: usize,
+        preflush: bool,
+        fua: bool,
+        end_io: bio_end_io_t,
+        private: *mut c_void,
+    ) -> c_int;
+    pub(super) fn rmirror_buf_bio_done(bio: *mut bio, private: *mut *mut c_void) -> u8;
     pub(super) fn rmirror_read_sync(bdev: *mut block_device, sector: u64, buf: *mut c_void, len: usize) -> c_int;
 
     pub(super) fn rmirror_sock_listen(addr: u32, port: u16, res: *mut *mut socket) -> c_int;

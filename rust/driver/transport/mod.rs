@@ -12,7 +12,12 @@ use kernel::prelude::*;
 pub(crate) trait Transport: Send + Sync {
     /// Sends `parts`, then the data of `bio` if given (read from its pages, zero copy on our
     /// side), atomically with respect to other senders.
-    fn send(&self, parts: &[&[u8]], bio: Option<&Bio>, stop: &dyn Fn() -> bool) -> Result;
+    fn send(&self, parts: &[&[u8]], bio: Option<&Bio>, stop: &dyn Fn() -> bool) -> Result {
+        self.send_more(parts, bio, false, stop)
+    }
+    /// As [`Transport::send`]; `more`: another message follows at once, so the transport may
+    /// hold this one back to send both together (TCP: `MSG_MORE` on the last part too).
+    fn send_more(&self, parts: &[&[u8]], bio: Option<&Bio>, more: bool, stop: &dyn Fn() -> bool) -> Result;
     /// Receives exactly `buf.len()` bytes (only one receiving thread per transport).
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result;
     /// Breaks the connection; blocked senders and receivers return at once.
@@ -59,6 +64,32 @@ pub(crate) fn recv_msg<'a>(
     t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
     t.recv_exact(&mut tail[..plen], stop)?;
     wire::decode_parts(&head[..hlen], &tail[..plen], lim).map_err(RecvError::Protocol)
+}
+
+/// Receives one frame into `head` (its header) and a new buffer of exactly its payload's size,
+/// a kernel heap allocation the secondary can hand to the block layer as it is (kmalloc keeps
+/// sizes that are multiples of 512 aligned to at least 512, vmalloc to a page). Decode it with
+/// `wire::decode_parts(&head[..hlen], &payload, lim)`. Lengths are checked as in [`recv_msg`].
+pub(crate) fn recv_frame(
+    t: &dyn Transport,
+    head: &mut [u8; wire::MAX_HEADER_LEN],
+    lim: &Limits,
+    stop: &dyn Fn() -> bool,
+) -> core::result::Result<(usize, KVVec<u8>), RecvError> {
+    let mut pre = [0u8; wire::PREAMBLE_LEN];
+    t.recv_exact(&mut pre, stop)?;
+    let (hlen, plen) = wire::frame_parts(&pre, lim).map_err(RecvError::Protocol)?;
+    if hlen > head.len() || plen > lim.max_payload as usize {
+        return Err(RecvError::Protocol(DecodeError::Oversized));
+    }
+    head[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
+    t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
+    let mut payload = KVVec::new();
+    if plen > 0 {
+        payload = crate::bindings::noio(|| KVVec::from_elem(0u8, plen, GFP_KERNEL)).map_err(|_| ENOMEM)?;
+        t.recv_exact(&mut payload, stop)?;
+    }
+    Ok((hlen, payload))
 }
 
 /// Sends `msg`: its header from a stack buffer and any payload straight from its slice.

@@ -24,14 +24,14 @@ impl Tcp {
 }
 
 impl Transport for Tcp {
-    fn send(&self, parts: &[&[u8]], bio: Option<&Bio>, stop: &dyn Fn() -> bool) -> Result {
+    fn send_more(&self, parts: &[&[u8]], bio: Option<&Bio>, more: bool, stop: &dyn Fn() -> bool) -> Result {
         let _g = self.send_lock.lock();
         let last = parts.len().saturating_sub(1);
         for (i, p) in parts.iter().enumerate() {
-            self.sock.send_all(p, i < last || bio.is_some(), stop)?;
+            self.sock.send_all(p, more || i < last || bio.is_some(), stop)?;
         }
         match bio {
-            Some(b) => self.sock.send_bio(b, false, stop),
+            Some(b) => self.sock.send_bio(b, more, stop),
             None => Ok(()),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`conn`]: connection with two-way heartbeats, outage and probation.
 //! - [`outage`]: in-order queue of writes kept during a short outage.
 //! - [`protocol`]: per-request completion under protocols A, B and C.
+//! - [`peer`]: the secondary's writes in flight: which may start now, what must drain first.
 //! - [`tlog`]: transfer log of protocols A and B (writes completed, not yet durable).
 //! - [`resync`]: sync direction from generation UUIDs; resync rate control.
 //! - [`cp`]: consistency points and their block-in-use maps.
@@ -17,6 +18,7 @@ pub mod conn;
 pub mod cp;
 pub mod device;
 pub mod outage;
+pub mod peer;
 pub mod protocol;
 pub mod resync;
 pub mod tlog;

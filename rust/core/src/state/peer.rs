@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The secondary's writes in flight: which may start now (DRBD's peer requests, reduced).
+//!
+//! The secondary submits each replicated write (and each resync chunk) without waiting for the
+//! one before, and acks it from its completion. Three rules keep its disk a copy of the
+//! primary's; this type decides the first two, the driver carries them out:
+//!
+//! 1. Two writes that overlap are never in flight together: the later waits until the earlier
+//!    is retired ([`InFlight::admit`] refuses with [`Wait::Overlap`]). The primary never has two
+//!    overlapping writes in flight, but a replayed outage queue may rewrite one block back to
+//!    back, and the disk may complete concurrent writes in any order.
+//! 2. At most `capacity` writes and `max_bytes` bytes are in flight ([`Wait::Full`]); a single
+//!    write larger than `max_bytes` goes alone.
+//! 3. Anything that depends on the writes before it waits until none is in flight
+//!    ([`InFlight::is_empty`]): a barrier or flush (its ack says they are durable), a write
+//!    with PREFLUSH, a read, the bitmap exchange, and the end of a connection (a later
+//!    connection may resync the same ranges). [`Step::drains`] names them.
+//!
+//! A write is retired ([`InFlight::retire`]) only after its ack was sent (or its connection is
+//! gone), so a barrier's ack never overtakes the acks of the writes before it.
+//!
+//! Storage is the caller's (one slot per write that may be in flight); nothing allocates.
+
+use core::ops::DerefMut;
+
+/// A write in flight: sectors `[start, end)` and its size in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    start: u64,
+    end: u64,
+    bytes: u32,
+    used: bool,
+}
+
+impl Slot {
+    /// A free slot, for the caller's storage.
+    pub const FREE: Slot = Slot { start: 0, end: 0, bytes: 0, used: false };
+}
+
+/// Why a write may not start yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// It overlaps a write in flight: wait until that one is retired.
+    Overlap,
+    /// No room (writes or bytes): wait for a retirement.
+    Full,
+    /// An empty write: nothing to submit (a protocol error upstream).
+    Empty,
+}
+
+/// What the secondary received, for rule 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A replicated write; `preflush`: the primary asked for a flush before it.
+    Write { preflush: bool },
+    /// A resync chunk.
+    ResyncData,
+    /// A barrier or flush.
+    Barrier,
+    /// A forwarded read of a detached primary.
+    Read,
+    /// Anything else (bitmap, generations, notices, the end of the connection).
+    Other,
+}
+
+impl Step {
+    /// Whether every write in flight must be retired first (rule 3).
+    pub fn drains(self) -> bool {
+        !matches!(self, Step::Write { preflush: false } | Step::ResyncData)
+    }
+}
+
+/// The writes in flight of one secondary.
+#[derive(Debug)]
+pub struct InFlight<S> {
+    slots: S,
+    count: usize,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl<S: DerefMut<Target = [Slot]>> InFlight<S> {
+    /// Up to `slots.len()` writes and `max_bytes` bytes in flight.
+    pub fn new(mut slots: S, max_bytes: u64) -> Self {
+        slots.fill(Slot::FREE);
+        Self { slots, count: 0, bytes: 0, max_bytes }
+    }
+
+    /// Writes in flight.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no write is in flight (rule 3 may proceed).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes in flight.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Admits a write of `bytes` bytes at `sectors` sectors from `start` if rules 1 and 2 allow
+    /// it now; returns its slot, to retire it with.
+    pub fn admit(&mut self, start: u64, sectors: u32, bytes: u32) -> Result<usize, Wait> {
+        let end = start.saturating_add(u64::from(sectors));
+        if sectors == 0 || bytes == 0 {
+            return Err(Wait::Empty);
+        }
+        let mut free = None;
+        for (i, s) in self.slots.iter().enumerate() {
+            if !s.used {
+                free = free.or(Some(i));
+            } else if s.start < end && start < s.end {
+                return Err(Wait::Overlap);
+            }
+        }
+        let fits = self.count == 0 || self.bytes + u64::from(bytes) <= self.max_bytes;
+        match free {
+            Some(i) if fits => {
+                self.slots[i] = Slot { start, end, bytes, used: true };
+                self.count += 1;
+                self.bytes += u64::from(bytes);
+                Ok(i)
+            }
+            _ => Err(Wait::Full),
+        }
+    }
+
+    /// Retires the write in `slot` (its ack is sent or its connection gone). Returns false for
+    /// a slot not in use (nothing changes).
+    pub fn retire(&mut self, slot: usize) -> bool {
+        match self.slots.get_mut(slot) {
+            Some(s) if s.used => {
+                self.bytes -= u64::from(s.bytes);
+                self.count -= 1;
+                *s = Slot::FREE;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec;
+
+    fn inflight(n: usize, max: u64) -> InFlight<std::vec::Vec<Slot>> {
+        InFlight::new(vec![Slot::FREE; n], max)
+    }
+
+    #[test]
+    fn overlap_waits_until_retired() {
+        let mut f = inflight(4, 1 << 20);
+        let a = f.admit(0, 8, 4096).unwrap();
+        assert_eq!(f.admit(7, 8, 4096), Err(Wait::Overlap));
+        assert_eq!(f.admit(8, 8, 4096).map(|_| ()), Ok(()));
+        assert!(f.retire(a));
+        assert!(f.admit(7, 1, 512).is_ok());
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn bounds_writes_and_bytes_but_a_big_write_goes_alone() {
+        let mut f = inflight(2, 8192);
+        let a = f.admit(0, 8, 4096).unwrap();
+        let _b = f.admit(100, 8, 4096).unwrap();
+        assert_eq!(f.admit(200, 8, 4096), Err(Wait::Full));
+        assert!(f.retire(a));
+        assert_eq!(f.admit(200, 16, 8192), Err(Wait::Full));
+        let mut g = inflight(2, 8192);
+        assert!(g.admit(0, 2048, 1 << 20).is_ok());
+        assert_eq!(g.bytes(), 1 << 20);
+        assert_eq!(g.admit(4096, 1, 512), Err(Wait::Full));
+    }
+
+    #[test]
+    fn empty_writes_and_bad_slots_are_refused() {
+        let mut f = inflight(2, 8192);
+        assert_eq!(f.admit(0, 0, 0), Err(Wait::Empty));
+        assert!(!f.retire(0));
+        assert!(!f.retire(7));
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn dependent_steps_drain() {
+        assert!(!Step::Write { preflush: false }.drains());
+        assert!(!Step::ResyncData.drains());
+        for s in [Step::Write { preflush: true }, Step::Barrier, Step::Read, Step::Other] {
+            assert!(s.drains());
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of admissions and retirements: no two writes in flight overlap,
+        /// the bounds hold, and the counts match the slots in use.
+        #[test]
+        fn never_two_overlapping_in_flight(ops in proptest::collection::vec((0u64..64, 1u32..16, proptest::bool::ANY), 1..200)) {
+            let mut f = inflight(8, 16 * 512);
+            let mut live: std::vec::Vec<(usize, u64, u64)> = std::vec::Vec::new();
+            for (start, sectors, retire) in ops {
+                if retire && !live.is_empty() {
+                    let (slot, _, _) = live.remove((start as usize) % live.len());
+                    proptest::prop_assert!(f.retire(slot));
+                    continue;
+                }
+                let end = start + u64::from(sectors);
+                let overlaps = live.iter().any(|&(_, s, e)| s < end && start < e);
+                match f.admit(start, sectors, sectors * 512) {
+                    Ok(slot) => {
+                        proptest::prop_assert!(!overlaps);
+                        live.push((slot, start, end));
+                    }
+                    Err(Wait::Overlap) => proptest::prop_assert!(overlaps),
+                    Err(Wait::Full) => proptest::prop_assert!(!overlaps),
+                    Err(Wait::Empty) => proptest::prop_assert!(false),
+                }
+                proptest::prop_assert_eq!(f.len(), live.len());
+                proptest::prop_assert!(f.len() <= 8);
+                proptest::prop_assert!(f.len() == 1 || f.bytes() <= 16 * 512);
+            }
+        }
+    }
+}

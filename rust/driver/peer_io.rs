@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The secondary's pipelined writes (DRBD's peer requests and asender).
+//!
+//! The receiver submits each replicated write and each resync write without waiting
+//! ([`Device::peer_submit`]), up to [`MAX_WRITES`] writes and [`MAX_BYTES`] bytes at once (the
+//! TCP window then holds the primary back). A completion, possibly in interrupt context, only
+//! queues the write for the acker thread ([`run`]), which sends what the write owes the primary
+//! (protocol C's `Durable` ack, a `Negative` ack, a `ResyncAck` and the `InSync` that may follow)
+//! batched into one send, then retires the writes and frees their buffers.
+//!
+//! Rules that keep the disk a copy of the primary's:
+//! - Writes that overlap never run together: one waits for the other to be retired. The
+//!   primary never has two overlapping writes in flight, nor a write and a resync chunk over the
+//!   same range, but a replayed outage queue may carry rewrites of one block back to back.
+//! - Anything that depends on the writes before it (a barrier or flush, a write with PREFLUSH,
+//!   a forwarded read, the bitmap exchange, the end of a connection) first waits until every
+//!   write in flight is retired ([`Device::peer_drain`]): their acks are sent by then.
+//! - A write is retired only after its ack is sent (or its connection is gone), so a barrier
+//!   ack never overtakes the acks of the writes before it.
+//!
+//! Durability under protocol C: each write goes with FUA and is acked from its completion (the
+//! acked write survives the secondary's power loss). Under A and B writes go with the primary's
+//! own FUA only; the barrier's flush makes them durable, as before.
+
+use crate::bindings::bdev::{AsyncWrite, WriteDone};
+use crate::bindings::bio::Status;
+use crate::device::Device;
+use crate::rcore::state::peer::{InFlight, Slot, Wait};
+use crate::rcore::wire::{self, AckKind, Message};
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// Writes in flight on a secondary at most.
+pub(crate) const MAX_WRITES: usize = 64;
+/// Bytes in flight on a secondary at most (a single larger write still goes alone).
+pub(crate) const MAX_BYTES: usize = 8 << 20;
+
+/// What a write owes the primary once done.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owed {
+    /// A replicated write; `durable`: protocol C's ack (else only a failure is reported).
+    Write { seq: u32, durable: bool },
+    /// A resync chunk: `ResyncAck`, then `InSync` if it was the last one.
+    Resync,
+}
+
+/// A write in flight, kept with its buffer.
+pub(crate) struct PeerWrite {
+    dev: Arc<Device>,
+    generation: u64,
+    sector: u64,
+    sectors: u32,
+    /// Its place in [`PeerIo::inflight`].
+    slot: usize,
+    owed: Owed,
+    status: Status,
+}
+
+/// The secondary's writes in flight (under [`Device::peer_io`], also taken from completions).
+pub(crate) struct PeerIo {
+    /// Which writes may start (the core's rules 1 and 2).
+    inflight: InFlight<KVec<Slot>>,
+    /// Completed, waiting for the acker (room for every write in flight).
+    done: KVec<KBox<AsyncWrite<PeerWrite>>>,
+}
+
+impl PeerIo {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            inflight: InFlight::new(KVec::from_elem(Slot::FREE, MAX_WRITES, GFP_KERNEL)?, MAX_BYTES as u64),
+            done: KVec::with_capacity(MAX_WRITES, GFP_KERNEL)?,
+        })
+    }
+}
+
+impl WriteDone for PeerWrite {
+    /// Interrupt context: hand the write to the acker.
+    fn done(mut w: KBox<AsyncWrite<Self>>, status: Status) {
+        w.tag.status = status;
+        let dev = w.tag.dev.clone();
+        // There is room: `done` has capacity for every write in flight.
+        let _ = dev.peer_io.lock().done.push_within_capacity(w);
+        dev.ack_cv.notify_one();
+    }
+}
+
+impl Device {
+    /// Receiver: writes `buf` at `sector` without waiting, once no write in flight overlaps it
+    /// and there is room; `owed` says what to tell the primary when it is done. A write that
+    /// cannot be submitted completes at once with an error (and is reported as such).
+    pub(crate) fn peer_submit(self: &Arc<Self>, generation: u64, sector: u64, buf: KVVec<u8>, owed: Owed,
+        preflush: bool, fua: bool) -> core::result::Result<(), &'static str> {
+        let bytes = u32::try_from(buf.len()).map_err(|_| "write too large")?;
+        let sectors = bytes >> wire::SECTOR_SHIFT;
+        let slot = {
+            let mut p = self.peer_io.lock();
+            loop {
+                match p.inflight.admit(sector, sectors, bytes) {
+                    Ok(slot) => break slot,
+                    Err(Wait::Empty) => return Err("an empty write"),
+                    Err(Wait::Overlap | Wait::Full) => {
+                        let _ = self.peer_cv.wait_interruptible_timeout(&mut p, kernel::time::msecs_to_jiffies(1000));
+                    }
+                }
+            }
+        };
+        let tag = PeerWrite { dev: self.clone(), generation, sector, sectors, slot, owed, status: Status::OK };
+        let w = match crate::bindings::noio(|| KBox::new(AsyncWrite::new(buf, tag), GFP_KERNEL)) {
+            Ok(w) => w,
+            Err(_) => {
+                self.peer_retire(core::iter::once(slot));
+                return Err("no memory for a write");
+            }
+        };
+        if let Err((w, e)) = self.backing.write_async(sector, w, preflush, fua) {
+            PeerWrite::done(w, Status::from_errno(e));
+        }
+        Ok(())
+    }
+
+    /// Waits until every write in flight is retired (its ack sent or its connection gone).
+    pub(crate) fn peer_drain(&self) {
+        let mut p = self.peer_io.lock();
+        while !p.inflight.is_empty() {
+            let _ = self.peer_cv.wait_interruptible_timeout(&mut p, kernel::time::msecs_to_jiffies(1000));
+        }
+    }
+
+    fn peer_retire(&self, slots: impl Iterator<Item = usize>) {
+        {
+            let mut p = self.peer_io.lock();
+            for slot in slots {
+                p.inflight.retire(slot);
+            }
+        }
+        self.peer_cv.notify_all();
+    }
+
+    /// Acker: tells the primary what `batch` owes it (one send), then retires the writes.
+    fn acks(&self, batch: &mut KVec<KBox<AsyncWrite<PeerWrite>>>, out: &mut KVec<u8>) {
+        let (generation, meta) = {
+            let c = self.conn.lock();
+            (c.generation, if c.stopping { None } else { c.meta.clone() })
+        };
+        let stop = || !self.is_current(generation);
+        let mut lost = None;
+        out.clear();
+        for w in batch.iter() {
+            let t = &w.tag;
+            let current = t.generation == generation && meta.is_some();
+            let mut msgs: [Option<Message<'static>>; 2] = [None, None];
+            match t.owed {
+                Owed::Write { seq, durable } => {
+                    if !t.status.is_ok() {
+                        pr_err!("{}: write of {} sectors at {} failed\n", &*self.cfg.name, t.sectors, t.sector);
+                        msgs[0] = Some(Message::Ack { seq, kind: AckKind::Negative });
+                    } else if durable {
+                        msgs[0] = Some(Message::Ack { seq, kind: AckKind::Durable });
+                    }
+                }
+                Owed::Resync if !t.status.is_ok() => {
+                    pr_err!("{}: resync write of {} sectors at {} failed\n", &*self.cfg.name, t.sectors, t.sector);
+                    lost.get_or_insert((t.generation, "a resync write failed"));
+                }
+                Owed::Resync if current => {
+                    let (sector, sectors) = (t.sector, t.sectors);
+                    msgs[0] = Some(Message::ResyncAck { sector, sectors });
+                    if self.resync_written(sector, sectors) {
+                        msgs[1] = self.target_in_sync(generation).map(|current| Message::InSync { current });
+                    }
+                }
+                Owed::Resync => {}
+            }
+            if !current {
+                continue;
+            }
+            for m in msgs.iter().flatten() {
+                let mut h = [0u8; wire::MAX_HEADER_LEN];
+                let Ok(n) = m.encode_header(&mut h) else { continue };
+                if out.len() + n > out.capacity() {
+                    if let Some(l) = &meta {
+                        if l.send(&[out], None, &stop).is_err() {
+                            lost.get_or_insert((generation, "cannot send an ack"));
+                        }
+                    }
+                    out.clear();
+                }
+                let _ = out.extend_from_slice(&h[..n], GFP_KERNEL);
+            }
+        }
+        if let (Some(l), false) = (&meta, out.is_empty()) {
+            if l.send(&[out], None, &stop).is_err() {
+                lost.get_or_insert((generation, "cannot send an ack"));
+            }
+        }
+        self.peer_retire(batch.iter().map(|w| w.tag.slot));
+        batch.clear();
+        if let Some((g, why)) = lost {
+            self.connection_lost(g, why);
+        }
+    }
+}
+
+/// The acker thread (secondary): sends the acks of completed writes and retires them. Stops
+/// only once asked to (after the receiver, which drains first) with nothing in flight.
+pub(crate) fn run(dev: &Arc<Device>) {
+    let (Ok(mut batch), Ok(mut out)) = (
+        KVec::with_capacity(MAX_WRITES, GFP_KERNEL),
+        KVec::with_capacity(MAX_WRITES * 2 * wire::MAX_HEADER_LEN, GFP_KERNEL),
+    ) else {
+        pr_err!("{}: no memory for the acker\n", &*dev.cfg.name);
+        return;
+    };
+    loop {
+        {
+            let mut p = dev.peer_io.lock();
+            loop {
+                if !p.done.is_empty() {
+                    core::mem::swap(&mut p.done, &mut batch);
+                    break;
+                }
+                if p.inflight.is_empty() && crate::bindings::thread::should_stop() {
+                    return;
+                }
+                let _ = dev.ack_cv.wait_interruptible_timeout(&mut p, kernel::time::msecs_to_jiffies(1000));
+            }
+        }
+        dev.acks(&mut batch, &mut out);
+    }
+}
