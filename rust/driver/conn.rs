@@ -205,7 +205,8 @@ impl Device {
     /// Primary: one connection attempt, both sockets. Returns the generation when complete.
     fn connect_once(&self, buf: &mut [u8]) -> core::result::Result<u64, Option<(u64, &'static str)>> {
         self.stats.connect_attempts.fetch_add(1, Relaxed);
-        let data: Arc<dyn Transport> = Socket::connect(self.cfg.peer).and_then(Tcp::new).map_err(|_| None)?;
+        let data: Arc<dyn Transport> = Socket::connect(self.cfg.peer)
+            .and_then(|s| Tcp::new(s, self.counters.clone())).map_err(|_| None)?;
         let queues = Queues::new().map_err(|_| None)?;
         let generation = self.attach(data.clone(), queues).ok_or(None)?;
         let fail = |why| Some((generation, why));
@@ -230,8 +231,8 @@ impl Device {
             }
             return Err(fail(why));
         }
-        let meta: Arc<dyn Transport> = Socket::connect(self.cfg.peer).and_then(Tcp::new)
-            .map_err(|_| fail("cannot connect the meta socket"))?;
+        let meta: Arc<dyn Transport> = Socket::connect(self.cfg.peer)
+            .and_then(|s| Tcp::new(s, self.counters.clone())).map_err(|_| fail("cannot connect the meta socket"))?;
         meta.set_tick_ms(META_TICK_MS);
         send_msg(&*meta, &Message::Handshake(self.our_handshake(Channel::Meta)), &stop)
             .map_err(|_| fail("cannot send the meta handshake"))?;
@@ -416,7 +417,7 @@ pub(crate) fn secondary_accept(l: &Arc<Listener>) {
             continue;
         }
         refusal_logged = false;
-        let Ok(tcp) = Tcp::new(sock) else { continue };
+        let Ok(tcp) = Tcp::new(sock, dev.counters.clone()) else { continue };
         let link: Arc<dyn Transport> = tcp;
         if let Err(why) = accept_one(dev, link, &mut buf, &mut rle) {
             pr_warn!("{}: refused a connection from {}: {}\n", &*dev.cfg.name, Addr(dev.cfg.peer), why);

@@ -346,6 +346,10 @@ impl Device {
         w.field(status::QUEUED_BYTES, bytes)?;
         w.field(status::REPLAYED, replayed)?;
         w.field(status::QUEUE_OVERFLOWS, overflows)?;
+        let n = &self.counters;
+        w.field(status::MSGS_SENT, n.msgs_sent.load(Relaxed))?;
+        w.field(status::PUSHES, n.pushes.load(Relaxed))?;
+        w.field(status::MSGS_RECEIVED, n.msgs_received.load(Relaxed))?;
         Ok(())
     }
 }

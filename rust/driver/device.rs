@@ -279,6 +279,8 @@ pub(crate) struct Device {
     pub(crate) events: Arc<crate::events::Events>,
     #[pin]
     pub(crate) reported: Mutex<crate::events::Reported>,
+    /// Message counters of every connection's transports.
+    pub(crate) counters: Arc<crate::transport::Counters>,
     /// Secondary: the writes in flight (see `peer_io`); taken from completions, a leaf lock.
     #[pin]
     pub(crate) peer_io: IrqSpinLock<crate::peer_io::PeerIo>,
@@ -450,6 +452,7 @@ impl Device {
                 stale <- IrqSpinLock::new(stale, c"rmirror_stale", kernel::static_lock_class!()),
                 events,
                 reported <- new_mutex!(crate::events::Reported { role: "", cstate: "", disk: "", repl: "", at_ms: 0 }),
+                counters: Arc::new(crate::transport::Counters::default(), GFP_KERNEL)?,
                 peer_io <- IrqSpinLock::new(crate::peer_io::PeerIo::new()?, c"rmirror_peer_io", kernel::static_lock_class!()),
                 peer_cv <- new_condvar!(),
                 ack_cv <- new_condvar!(),

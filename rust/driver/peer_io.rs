@@ -27,6 +27,7 @@ use crate::bindings::bio::Status;
 use crate::device::Device;
 use crate::rcore::state::peer::{InFlight, Slot, Wait};
 use crate::rcore::wire::{self, AckKind, Message};
+use crate::transport::Transport;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -144,6 +145,8 @@ impl Device {
         };
         let stop = || !self.is_current(generation);
         let mut lost = None;
+        // Messages in `out` (one send counts one; the rest are added here).
+        let mut batched = 0u64;
         out.clear();
         for w in batch.iter() {
             let t = &w.tag;
@@ -179,17 +182,19 @@ impl Device {
                 let Ok(n) = m.encode_header(&mut h) else { continue };
                 if out.len() + n > out.capacity() {
                     if let Some(l) = &meta {
-                        if l.send(&[out], None, &stop).is_err() {
+                        if send_batch(&**l, out, batched, &stop).is_err() {
                             lost.get_or_insert((generation, "cannot send an ack"));
                         }
                     }
                     out.clear();
+                    batched = 0;
                 }
                 let _ = out.extend_from_slice(&h[..n], GFP_KERNEL);
+                batched += 1;
             }
         }
         if let (Some(l), false) = (&meta, out.is_empty()) {
-            if l.send(&[out], None, &stop).is_err() {
+            if send_batch(&**l, out, batched, &stop).is_err() {
                 lost.get_or_insert((generation, "cannot send an ack"));
             }
         }
@@ -199,6 +204,12 @@ impl Device {
             self.connection_lost(g, why);
         }
     }
+}
+
+/// Sends `n` encoded messages in one send.
+fn send_batch(l: &dyn Transport, out: &[u8], n: u64, stop: &dyn Fn() -> bool) -> Result {
+    l.counters().msgs_sent.fetch_add(n.saturating_sub(1), core::sync::atomic::Ordering::Relaxed);
+    l.send(&[out], None, stop)
 }
 
 /// The acker thread (secondary): sends the acks of completed writes and retires them. Stops

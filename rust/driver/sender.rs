@@ -227,5 +227,9 @@ fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, 
     })?;
     let counter = if hdrs.is_small() { &req.dev.stats.small_writes } else { &req.dev.stats.large_writes };
     counter.fetch_add(1, Ordering::Relaxed);
+    if !hdrs.is_small() {
+        // WriteNotify and WriteData went in one send, which counted one message.
+        link.counters().msgs_sent.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }

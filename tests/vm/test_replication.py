@@ -90,18 +90,36 @@ def test_ext4_files_reach_secondary(pair):
     remove(a)
 
 
+def data_msgs(before, after, peer_before, peer_after):
+    """Messages a node sent between two status snapshots, heartbeats left out: its own pings and its
+    answers to the peer's (each within one, as a ping may be in flight at either end)."""
+    d = lambda s0, s1, k: s1[k] - s0[k]  # noqa: E731
+    return d(before, after, "msgs_sent") - d(before, after, "pings") - d(peer_before, peer_after, "pings")
+
+
 def test_small_write_threshold_is_live(pair):
-    """sysfs inline_max moves writes between the small-write and the notify+data path at once."""
-    a = pair.alpha
+    """sysfs inline_max moves writes between the small-write and the notify+data path at once; the
+    driver's message counters show one message per small write and two per long-path write, and one ack
+    per write at QD1 from the secondary (protocol C)."""
+    a, b = pair.alpha, pair.beta
     connect_pair(pair)
     a.ok("echo 0 > /sys/block/rmirror0/rmirror/inline_max")
+    a0, b0 = status(a), status(b)
     a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=8 oflag=direct 2>/dev/null")
-    st = status(a)
-    assert st["small_writes"] == 0 and st["large_writes"] == 8, st
+    a1, b1 = status(a), status(b)
+    assert a1["small_writes"] == 0 and a1["large_writes"] == 8, a1
+    long_path = data_msgs(a0, a1, b0, b1)
+    assert 15 <= long_path <= 17, f"8 long-path writes should be 16 messages (notify + data): {long_path}"
     a.ok("echo 8192 > /sys/block/rmirror0/rmirror/inline_max")
     a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=8k count=4 oflag=direct 2>/dev/null")
-    st = status(a)
-    assert st["small_writes"] == 4 and st["large_writes"] == 8, st
+    a2, b2 = status(a), status(b)
+    assert a2["small_writes"] == 4 and a2["large_writes"] == 8, a2
+    small = data_msgs(a1, a2, b1, b2)
+    acks = data_msgs(b1, b2, a1, a2)
+    assert 3 <= small <= 5, f"4 small writes should be 4 messages: {small}"
+    assert 3 <= acks <= 5, f"4 writes at QD1 should be 4 acks: {acks}"
+    print(f"messages sent: 8 long-path writes {long_path}, 4 small writes {small}, their acks {acks}; "
+          f"pushes {a2['pushes'] - a1['pushes']} (primary), {b2['pushes'] - b1['pushes']} (secondary)")
 
 
 def test_writes_without_peer_complete_and_are_counted(pair):

@@ -734,9 +734,16 @@ pub mod status {
     pub const REPLAYED: &str = "replayed";
     /// Key: times the outage queue was given up (overflow or `outage_max`) for the bitmap.
     pub const QUEUE_OVERFLOWS: &str = "queue_overflows";
+    /// Key: protocol messages sent on both sockets, in total.
+    pub const MSGS_SENT: &str = "msgs_sent";
+    /// Key: sends that pushed their data to the wire at once (not held back for the next
+    /// message, `MSG_MORE`): at most one TCP push each.
+    pub const PUSHES: &str = "pushes";
+    /// Key: protocol messages received on both sockets, in total.
+    pub const MSGS_RECEIVED: &str = "msgs_received";
 
     /// All keys of ABI v1 in their fixed order.
-    pub const KEYS: [&str; 30] = [
+    pub const KEYS: [&str; 33] = [
         NAME,
         MINOR,
         ROLE,
@@ -767,6 +774,9 @@ pub mod status {
         QUEUED_BYTES,
         REPLAYED,
         QUEUE_OVERFLOWS,
+        MSGS_SENT,
+        PUSHES,
+        MSGS_RECEIVED,
     ];
 
     /// Appends `key=value` pairs, space-separated, into a byte slice.
@@ -907,6 +917,12 @@ pub mod status {
         pub replayed: u64,
         /// Outage queue give-ups.
         pub queue_overflows: u64,
+        /// Messages sent.
+        pub msgs_sent: u64,
+        /// Sends pushed at once.
+        pub pushes: u64,
+        /// Messages received.
+        pub msgs_received: u64,
     }
 
     impl Status<'_> {
@@ -943,6 +959,9 @@ pub mod status {
             w.field(QUEUED_BYTES, self.queued_bytes)?;
             w.field(REPLAYED, self.replayed)?;
             w.field(QUEUE_OVERFLOWS, self.queue_overflows)?;
+            w.field(MSGS_SENT, self.msgs_sent)?;
+            w.field(PUSHES, self.pushes)?;
+            w.field(MSGS_RECEIVED, self.msgs_received)?;
             Ok(w.finish())
         }
     }
@@ -1334,6 +1353,9 @@ mod tests {
             queued_bytes: 0,
             replayed: 0,
             queue_overflows: 0,
+            msgs_sent: 7,
+            pushes: 6,
+            msgs_received: 9,
         }
     }
 
@@ -1348,7 +1370,8 @@ mod tests {
              local=10.0.0.1:7788 protocol=C backing=/dev/vdb size=2048 inline_max=4096 \
              writes=1 write_bytes=4096 small_writes=1 large_writes=0 acks=1 out_of_sync=0 inflight=0 \
              connect_attempts=2 connects=1 timeouts=0 pings=5 pongs=4 repl=off disk=up_to_date \
-             resynced=0 resync_eta=0 queued=0 queued_bytes=0 replayed=0 queue_overflows=0"
+             resynced=0 resync_eta=0 queued=0 queued_bytes=0 replayed=0 queue_overflows=0 \
+             msgs_sent=7 pushes=6 msgs_received=9"
         );
         let keys: Vec<&str> = status::parse(text).map(|kv| kv.unwrap().0).collect();
         assert_eq!(keys, status::KEYS);

@@ -6,7 +6,17 @@ pub(crate) mod tcp;
 
 use crate::bindings::bio::Bio;
 use crate::rcore::wire::{self, Limits, Message, DecodeError};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use kernel::prelude::*;
+
+/// Message counters of a device's transports (status keys `msgs_sent`, `pushes`,
+/// `msgs_received`): per write they show what the small-write message and batching save.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) msgs_sent: AtomicU64,
+    pub(crate) pushes: AtomicU64,
+    pub(crate) msgs_received: AtomicU64,
+}
 
 /// A connected, reliable, ordered byte transport to the peer.
 pub(crate) trait Transport: Send + Sync {
@@ -20,6 +30,8 @@ pub(crate) trait Transport: Send + Sync {
     fn send_more(&self, parts: &[&[u8]], bio: Option<&Bio>, more: bool, stop: &dyn Fn() -> bool) -> Result;
     /// Receives exactly `buf.len()` bytes (only one receiving thread per transport).
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result;
+    /// The device's counters (a batch of `n` messages in one send adds `n - 1` itself).
+    fn counters(&self) -> &Counters;
     /// Breaks the connection; blocked senders and receivers return at once.
     fn shutdown(&self);
     /// Makes a blocked receive consult its `stop` callback every `ms` (default: every second).
@@ -63,6 +75,7 @@ pub(crate) fn recv_msg<'a>(
     head[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
     t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
     t.recv_exact(&mut tail[..plen], stop)?;
+    t.counters().msgs_received.fetch_add(1, Relaxed);
     wire::decode_parts(&head[..hlen], &tail[..plen], lim).map_err(RecvError::Protocol)
 }
 
@@ -89,6 +102,7 @@ pub(crate) fn recv_frame(
         payload = crate::bindings::noio(|| KVVec::from_elem(0u8, plen, GFP_KERNEL)).map_err(|_| ENOMEM)?;
         t.recv_exact(&mut payload, stop)?;
     }
+    t.counters().msgs_received.fetch_add(1, Relaxed);
     Ok((hlen, payload))
 }
 

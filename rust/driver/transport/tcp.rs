@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The TCP transport: one kernel socket per connection, sends serialized by a mutex.
 
-use super::Transport;
+use super::{Counters, Transport};
+use core::sync::atomic::Ordering::Relaxed;
 use crate::bindings::bio::Bio;
 use crate::bindings::net::Socket;
 use kernel::prelude::*;
@@ -14,18 +15,24 @@ pub(crate) struct Tcp {
     /// Whole messages are sent under this lock so two threads never interleave frames.
     #[pin]
     send_lock: Mutex<()>,
+    counters: Arc<Counters>,
 }
 
 impl Tcp {
     /// Wraps a connected socket.
-    pub(crate) fn new(sock: Socket) -> Result<Arc<Tcp>> {
-        Arc::pin_init(pin_init!(Tcp { sock, send_lock <- new_mutex!(()) }), GFP_KERNEL)
+    /// Wraps a connected socket, counting into `counters`.
+    pub(crate) fn new(sock: Socket, counters: Arc<Counters>) -> Result<Arc<Tcp>> {
+        Arc::pin_init(pin_init!(Tcp { sock, send_lock <- new_mutex!(()), counters }), GFP_KERNEL)
     }
 }
 
 impl Transport for Tcp {
     fn send_more(&self, parts: &[&[u8]], bio: Option<&Bio>, more: bool, stop: &dyn Fn() -> bool) -> Result {
         let _g = self.send_lock.lock();
+        self.counters.msgs_sent.fetch_add(1, Relaxed);
+        if !more {
+            self.counters.pushes.fetch_add(1, Relaxed);
+        }
         let last = parts.len().saturating_sub(1);
         for (i, p) in parts.iter().enumerate() {
             self.sock.send_all(p, more || i < last || bio.is_some(), stop)?;
@@ -38,6 +45,10 @@ impl Transport for Tcp {
 
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result {
         self.sock.recv_exact(buf, stop)
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     fn shutdown(&self) {

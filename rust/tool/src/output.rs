@@ -180,7 +180,8 @@ mod tests {
         local=10.0.0.1:7788 protocol=C backing=/dev/vdb size=2048 inline_max=4096 writes=3 \
         write_bytes=12288 small_writes=3 large_writes=0 acks=3 out_of_sync=0 inflight=0 \
         connect_attempts=2 connects=1 timeouts=0 pings=5 pongs=4 repl=established disk=up_to_date \
-        resynced=8 resync_eta=0 queued=0 queued_bytes=0 replayed=3 queue_overflows=0";
+        resynced=8 resync_eta=0 queued=0 queued_bytes=0 replayed=3 queue_overflows=0 \
+        msgs_sent=10 pushes=9 msgs_received=12";
 
     #[test]
     fn status_to_json() {
@@ -195,7 +196,7 @@ mod tests {
                 "out_of_sync": 0, "inflight": 0, "connect_attempts": 2, "connects": 1,
                 "timeouts": 0, "pings": 5, "pongs": 4, "repl": "established", "disk": "up_to_date",
                 "resynced": 8, "resync_eta": 0, "queued": 0, "queued_bytes": 0, "replayed": 3,
-                "queue_overflows": 0
+                "queue_overflows": 0, "msgs_sent": 10, "pushes": 9, "msgs_received": 12
             })
         );
         // Order is the kernel's.
