@@ -131,6 +131,16 @@ impl Device {
     /// every extent it touches is active on disk (process context). `Ok(false)`: the device keeps
     /// no log (`meta=core`) or the write has no data; `Err`: the transaction it needed failed
     /// (nothing is held then).
+    /// Whether [`Device::al_begin`] would return without waiting for a transaction (the write
+    /// may go now under `REQ_NOWAIT`): every extent it touches is active and committed.
+    pub(crate) fn al_ready(&self, sector: u64, sectors: u64) -> bool {
+        let g = self.al.lock();
+        match (*g).as_ref() {
+            None => true,
+            Some(a) => !a.resizing && !a.stopped && a.log.is_committed(sector, sectors),
+        }
+    }
+
     pub(crate) fn al_begin(&self, sector: u64, sectors: u64) -> Result<bool> {
         if sectors == 0 {
             return Ok(false);

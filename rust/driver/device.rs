@@ -565,6 +565,15 @@ impl Device {
         }
     }
 
+    /// As [`Device::slot_acquire`], without waiting: `None` if the range must wait.
+    pub(crate) fn slot_try_acquire(&self, sector: u64, sectors: u64) -> Option<usize> {
+        let end = sector.saturating_add(sectors);
+        let mut s = self.slots.lock();
+        let i = s.admit(sector, end)?;
+        s.ranges[i] = Some((sector, end));
+        Some(i)
+    }
+
     /// Frees slot `i` (any context) and wakes the writers waiting for one.
     pub(crate) fn slot_release(&self, i: usize) {
         if let Some(r) = self.slots.lock().ranges.get_mut(i) {

@@ -70,6 +70,8 @@ fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, gen
             Err(RecvError::Protocol(e)) => return e.as_str(),
             Err(RecvError::Io(e)) => return io_reason(e),
         };
+        // Heard from the peer (before any wait for room or a drain).
+        dev.traffic(generation);
         let step = match wire::decode_parts(&head[..hlen], &payload, &lim) {
             Err(e) => return e.as_str(),
             Ok(Message::SmallWrite { meta, .. } | Message::WriteData { meta, .. }) if meta.volume != 0 => {
@@ -109,7 +111,6 @@ fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, gen
                 }
             }
         };
-        dev.traffic(generation);
         let r = match step {
             Next::Write(meta) => {
                 writes_in_epoch = writes_in_epoch.wrapping_add(1);

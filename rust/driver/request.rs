@@ -63,8 +63,22 @@ pub(crate) fn submit_bio(dev: &Arc<Device>, bio: Bio) {
 
 fn submit_write(dev: &Arc<Device>, bio: Bio) {
     let (sector, len, preflush, fua) = (bio.sector(), bio.size(), bio.preflush(), bio.fua());
+    // REQ_NOWAIT (io_uring's first try): where the write would wait below (an overlapping write
+    // in flight, an activity log transaction), it ends with BLK_STS_AGAIN and is resubmitted
+    // from a context that may wait.
+    let nowait = bio.nowait();
+    if nowait && dev.disk() != crate::detach::DETACHED && !dev.al_ready(sector, u64::from(len >> 9)) {
+        return bio.end(Status::again());
+    }
     // Overlapping writes in flight wait here, before they take a place in the wire order.
-    let slot = dev.slot_acquire(sector, u64::from(len >> 9));
+    let slot = if nowait {
+        match dev.slot_try_acquire(sector, u64::from(len >> 9)) {
+            Some(s) => s,
+            None => return bio.end(Status::again()),
+        }
+    } else {
+        dev.slot_acquire(sector, u64::from(len >> 9))
+    };
     // Its extents are in the activity log on disk before the write is issued (no log, and no
     // local write, while the disk is detached).
     let mut diskless = dev.disk() == crate::detach::DETACHED;

@@ -36,6 +36,11 @@ impl Status {
         Status::from_errno(EIO)
     }
 
+    /// `BLK_STS_AGAIN` (a `REQ_NOWAIT` bio that would have waited).
+    pub(crate) fn again() -> Status {
+        Status::from_errno(EAGAIN)
+    }
+
     /// `BLK_STS_NOTSUPP`.
     pub(crate) fn notsupp() -> Status {
         Status::from_errno(super::errno::eopnotsupp())
@@ -120,6 +125,11 @@ impl Bio {
     /// `REQ_PREFLUSH`: flush the volatile cache before this write.
     pub(crate) fn preflush(&self) -> bool {
         self.opf() & (1 << bindings::req_flag_bits___REQ_PREFLUSH) != 0
+    }
+
+    /// `REQ_NOWAIT`: end the bio with `BLK_STS_AGAIN` rather than wait for a resource.
+    pub(crate) fn nowait(&self) -> bool {
+        self.opf() & (1 << bindings::req_flag_bits___REQ_NOWAIT) != 0
     }
 
     /// `REQ_FUA`: this write must be on stable media when it completes.
