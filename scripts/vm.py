@@ -14,6 +14,7 @@ RMIRROR_SMP for the CLI and the tests) and:
   vda  the shared root file system image (scripts/rootfs.sh), read-only
   vdb  its own backing disk, a fresh sparse raw file per Pair (default 256 MiB)
   vdc  the "payload" image (ext4, read-only, mounted at /p): the files given to Pair
+  vdd  ... raw files given as Vm(extra_disks=...), cache=unsafe like vdb (none in a Pair; scripts/bench.py)
   eth0 virtio-net, linked to the other guest by a QEMU socket network on 127.0.0.1 only;
        alpha is 10.99.0.1/24, beta 10.99.0.2/24
   ttyS0 the kernel console (console=ttyS0 loglevel=8: every level), written to <workdir>/<name>.console.log
@@ -191,10 +192,11 @@ class Vm:
     """One QEMU guest with a command agent."""
 
     def __init__(self, name, workdir, kernel, rootfs, payload, disk, netdev, smp=DEFAULT_SMP, mem=DEFAULT_MEM,
-                 append=""):
+                 append="", extra_disks=()):
         self.name = name
         self.workdir = workdir
         self.kernel, self.rootfs, self.payload, self.disk = kernel, rootfs, payload, disk
+        self.extra_disks = list(extra_disks)    # raw files attached after the payload: vdd, vde, ...
         self.netdev = netdev
         self.smp, self.mem, self.append = smp, mem, append
         self.console = os.path.join(workdir, f"{name}.console.log")
@@ -235,13 +237,16 @@ class Vm:
                 "-drive", f"file={self.disk},if=none,id=disk,format=raw,cache=unsafe",
                 "-device", "virtio-blk-pci,drive=disk",
                 "-drive", f"file={self.payload},if=none,id=payload,format=raw,readonly=on",
-                "-device", "virtio-blk-pci,drive=payload",
-                "-netdev", f"socket,id=n0,{self.netdev}",
-                "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
-                "-device", "virtio-serial-pci",
-                "-chardev", f"socket,id=agent,path={self.sock_path},server=on,wait=off",
-                "-device", "virtserialport,chardev=agent,name=rmirror.agent",
-                "-device", "virtio-rng-pci"]
+                "-device", "virtio-blk-pci,drive=payload"]
+        for i, extra in enumerate(self.extra_disks):
+            argv += ["-drive", f"file={extra},if=none,id=extra{i},format=raw,cache=unsafe",
+                     "-device", f"virtio-blk-pci,drive=extra{i}"]
+        argv += ["-netdev", f"socket,id=n0,{self.netdev}",
+                 "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+                 "-device", "virtio-serial-pci",
+                 "-chardev", f"socket,id=agent,path={self.sock_path},server=on,wait=off",
+                 "-device", "virtserialport,chardev=agent,name=rmirror.agent",
+                 "-device", "virtio-rng-pci"]
         return argv
 
     def start(self):
