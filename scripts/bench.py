@@ -4,8 +4,9 @@
 
 Two topologies, each booted once, every configuration measured on the same disks in the same run:
 
-  two-vm  the test bed of scripts/vm.py: alpha primary, beta secondary, linked by the QEMU network
-          the tests use; each guest's /dev/vdb is its backing disk
+  two-vm  the test bed of scripts/vm.py: alpha primary, beta secondary, each on its /dev/vdb, linked by
+          tap devices in a host bridge (Pair(net="tap"), the fastest QEMU back end here; --net socket
+          for the tests' socket network)
   one-vm  ONE guest with two backing disks: the primary on /dev/vdb at 127.0.0.1, the secondary on
           /dev/vdd at 127.0.0.2, connected over the guest's loopback; no emulated network, so the
           drivers' own CPU and I/O costs dominate
@@ -62,7 +63,8 @@ AL_EXTENTS = 1237
 #: are listed in the results, not counted as failures.
 DRBD_LOG_TOKEN = ": drbd_"
 
-#: fio jobs: name -> job file lines. Run in this order, each after the previous one (stonewall).
+#: fio jobs: name -> options of its job file section. Run in this order, each after the previous one
+#: (stonewall).
 JOBS = {
     "qd1": {"rw": "randwrite", "bs": "4k", "iodepth": 1, "numjobs": 1},
     "qd32": {"rw": "randwrite", "bs": "4k", "iodepth": 32, "numjobs": 2},

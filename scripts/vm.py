@@ -18,7 +18,7 @@ RMIRROR_SMP for the CLI and the tests) and:
   eth0 virtio-net, linked to the other guest by a QEMU socket network on 127.0.0.1 only;
        alpha is 10.99.0.1/24, beta 10.99.0.2/24. Pair(net="tap") links them instead through two tap
        devices in a bridge on the host (root only, removed at exit): QEMU then offers checksum and TSO
-       offloads, and TCP between the guests is ~10x faster under TCG (scripts/bench.py netdevs,
+       offloads, and TCP between the guests is 7-30x faster under TCG (scripts/bench.py netdevs,
        Documentation/bench.rst); the tests keep the socket network
   ttyS0 the kernel console (console=ttyS0 loglevel=8: every level), written to <workdir>/<name>.console.log
   a virtio-serial port "rmirror.agent" to a host unix socket, served in the guest by /sbin/rmirror-agent
