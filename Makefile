@@ -8,6 +8,9 @@
 #   make tools           build rmirrorctl and rmirror-check
 #   make check           everything: host tests, then the VM tests
 #   make demo            two VMs, a mirrored ext4 file seen on the secondary's disk
+#   make bench           rmirror against the raw disk and DRBD 8.4 (fio), two VMs and one; table,
+#                        bench-results/bench.json and bench.png (BENCH_ARGS="--runtime 20" ...)
+#   make bench-smoke     a one-minute version of it that only checks every figure is produced
 #   make fuzz            run the cargo-fuzz targets of the core for a short while
 #
 # Kbuild reads ./Kbuild (not this file) when the kernel's make descends into this directory.
@@ -26,7 +29,7 @@ KDIR ?= $(RMIRROR_CACHE)/kernel/current
 TOOL := rust/target/release/rmirrorctl
 MODULE := rmirror.ko
 
-.PHONY: all module tools host-setup kernel rootfs test-host test-vm check demo fuzz clean
+.PHONY: all module tools host-setup kernel rootfs test-host test-vm check demo bench bench-smoke fuzz clean
 
 all: module
 
@@ -63,6 +66,16 @@ check: host-setup
 
 demo: module tools rootfs
 	$(VM_ENV) $(PYTHON) scripts/vm.py demo
+
+# Benchmarks are not tests: no thresholds, see Documentation/bench.rst. drbd.ko comes from $(KDIR).
+BENCH_OUT ?= bench-results
+BENCH_ARGS ?=
+
+bench: module tools rootfs
+	$(VM_ENV) $(PYTHON) scripts/bench.py run --kdir $(KDIR) --out $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-smoke: module tools rootfs
+	$(VM_ENV) $(PYTHON) scripts/bench.py run --smoke --kdir $(KDIR) --out $(BENCH_OUT)/smoke $(BENCH_ARGS)
 
 fuzz:
 	$(CARGO) install --locked cargo-fuzz

@@ -13,9 +13,14 @@ SELF="$RMIRROR_TOP/scripts/rootfs.sh"
 OUT="$RMIRROR_CACHE/rootfs"
 
 # Debian packages the image takes files from (their versions go into the cache key and the manifest).
-PKGS=(busybox-static dash coreutils findutils fio iproute2 iptables e2fsprogs dmsetup util-linux libc6 netbase)
-# Commands copied from the host (by `command -v` name), with their shared libraries.
-CMDS=(dash fio ip tc iptables iptables-nft iptables-legacy iptables-save iptables-restore
+PKGS=(busybox-static dash coreutils findutils fio iproute2 iptables e2fsprogs dmsetup util-linux libc6 netbase
+      iperf3 drbd-utils)
+# Commands copied from the host (by `command -v` name, or an absolute path), with their shared libraries.
+# iperf3 measures the guests' link and drbdsetup-84/drbdmeta set up the kernel's DRBD 8.4 for `make bench`
+# (scripts/bench.py); drbd-utils 9.x keeps the 8.4 drbdsetup in /usr/lib/drbd, and its drbdmeta writes v08
+# metadata.
+CMDS=(dash fio iperf3 drbdmeta /usr/lib/drbd/drbdsetup-84
+      ip tc iptables iptables-nft iptables-legacy iptables-save iptables-restore
       xtables-nft-multi xtables-legacy-multi
       mke2fs mkfs.ext4 e2fsck fsck.ext4 debugfs tune2fs dumpe2fs dmsetup setpriv blockdev
       timeout env nohup nice chroot xargs setsid taskset flock ionice nsenter unshare)

@@ -8,7 +8,7 @@ set -euo pipefail
 PKGS=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils kmod dwarves python3
       rustc-web rust-web-src cargo-web clang-19 libclang-19-dev lld-19 llvm-19
       busybox-static qemu-system-x86 qemu-utils e2fsprogs fio iproute2 iptables dmsetup util-linux
-      python3-pytest netbase)
+      python3-pytest netbase iperf3 drbd-utils gnuplot-nox)
 
 mkdir -p "$RMIRROR_CACHE"
 stamp="$RMIRROR_CACHE/host-setup.$(sha256sum "$0" | cut -c1-16)"
