@@ -63,6 +63,7 @@ test-vm: module tools rootfs
 check: host-setup
 	$(MAKE) test-host
 	$(MAKE) test-vm
+	$(MAKE) bench-smoke
 
 demo: module tools rootfs
 	$(VM_ENV) $(PYTHON) scripts/vm.py demo
