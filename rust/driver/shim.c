@@ -427,8 +427,6 @@ int rmirror_read_sync(struct block_device *bdev, sector_t sector, void *buf, siz
 
 /* ---------------------------------------------------------------- sockets */
 
-#define RMIRROR_SNDBUF (512 << 10)
-
 static void rmirror_sock_tune(struct socket *sock)
 {
 	sock->sk->sk_allocation = GFP_NOIO;
@@ -436,16 +434,6 @@ static void rmirror_sock_tune(struct socket *sock)
 	/* Blocking calls wake up at least once a second so threads can notice a stop request. */
 	sock->sk->sk_rcvtimeo = HZ;
 	sock->sk->sk_sndtimeo = 10 * HZ;
-	/*
-	 * A bounded send buffer (DRBD's sndbuf-size, open coded as DRBD does; accepted sockets
-	 * inherit it from the listener): it bounds the bytes in flight, so a saturated link does
-	 * not queue seconds of write data ahead of the other socket's heartbeats and acks
-	 * (in the test bed, writes at full speed over the ~5 MB/s QEMU link delayed pings past a
-	 * 2 s timeout without it). 512 KiB covers a 10 Gb/s link's bandwidth-delay product up to
-	 * 0.4 ms.
-	 */
-	sock->sk->sk_sndbuf = RMIRROR_SNDBUF;
-	sock->sk->sk_userlocks |= SOCK_SNDBUF_LOCK;
 }
 
 static void rmirror_sockaddr(struct sockaddr_in *sin, u32 addr, u16 port)
