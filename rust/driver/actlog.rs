@@ -127,10 +127,6 @@ pub(crate) fn recover(md: &mut Md, backing: &crate::bindings::bdev::BackingDev, 
 }
 
 impl Device {
-    /// Takes the activity log's references for a write of `sectors` at `sector` and waits until
-    /// every extent it touches is active on disk (process context). `Ok(false)`: the device keeps
-    /// no log (`meta=core`) or the write has no data; `Err`: the transaction it needed failed
-    /// (nothing is held then).
     /// Whether [`Device::al_begin`] would return without waiting for a transaction (the write
     /// may go now under `REQ_NOWAIT`): every extent it touches is active and committed.
     pub(crate) fn al_ready(&self, sector: u64, sectors: u64) -> bool {
@@ -141,6 +137,10 @@ impl Device {
         }
     }
 
+    /// Takes the activity log's references for a write of `sectors` at `sector` and waits until
+    /// every extent it touches is active on disk (process context). `Ok(false)`: the device keeps
+    /// no log (`meta=core`) or the write has no data; `Err`: the transaction it needed failed
+    /// (nothing is held then).
     pub(crate) fn al_begin(&self, sector: u64, sectors: u64) -> Result<bool> {
         if sectors == 0 {
             return Ok(false);

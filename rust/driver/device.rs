@@ -202,6 +202,13 @@ impl Slots {
         }
         free
     }
+
+    /// Takes a free slot for `start..end` if [`Slots::admit`] allows it now.
+    fn take(&mut self, start: u64, end: u64) -> Option<usize> {
+        let i = self.admit(start, end)?;
+        self.ranges[i] = Some((start, end));
+        Some(i)
+    }
 }
 
 /// A replicated device.
@@ -557,8 +564,7 @@ impl Device {
         let end = sector.saturating_add(sectors);
         let mut s = self.slots.lock();
         loop {
-            if let Some(i) = s.admit(sector, end) {
-                s.ranges[i] = Some((sector, end));
+            if let Some(i) = s.take(sector, end) {
                 return i;
             }
             self.slot_freed.wait(&mut s);
@@ -567,11 +573,7 @@ impl Device {
 
     /// As [`Device::slot_acquire`], without waiting: `None` if the range must wait.
     pub(crate) fn slot_try_acquire(&self, sector: u64, sectors: u64) -> Option<usize> {
-        let end = sector.saturating_add(sectors);
-        let mut s = self.slots.lock();
-        let i = s.admit(sector, end)?;
-        s.ranges[i] = Some((sector, end));
-        Some(i)
+        self.slots.lock().take(sector, sector.saturating_add(sectors))
     }
 
     /// Frees slot `i` (any context) and wakes the writers waiting for one.

@@ -367,6 +367,12 @@ static struct bio *rmirror_buf_bio(struct block_device *bdev, sector_t sector, v
 	return bio;
 }
 
+/* The flags of a data write with the given cache semantics. */
+static blk_opf_t rmirror_write_opf(bool preflush, bool fua)
+{
+	return REQ_OP_WRITE | REQ_SYNC | (preflush ? REQ_PREFLUSH : 0) | (fua ? REQ_FUA : 0);
+}
+
 /* Synchronously read or write @len bytes of a heap buffer at @sector. */
 static int rmirror_rw_sync(struct block_device *bdev, sector_t sector, void *buf, size_t len, blk_opf_t opf)
 {
@@ -390,8 +396,7 @@ static int rmirror_rw_sync(struct block_device *bdev, sector_t sector, void *buf
 int rmirror_write_async(struct block_device *bdev, sector_t sector, const void *buf, size_t len, bool preflush,
 			bool fua, bio_end_io_t *end_io, void *private)
 {
-	blk_opf_t opf = REQ_OP_WRITE | REQ_SYNC | (preflush ? REQ_PREFLUSH : 0) | (fua ? REQ_FUA : 0);
-	struct bio *bio = rmirror_buf_bio(bdev, sector, (void *)buf, len, opf);
+	struct bio *bio = rmirror_buf_bio(bdev, sector, (void *)buf, len, rmirror_write_opf(preflush, fua));
 
 	if (!bio)
 		return -EINVAL;
@@ -414,9 +419,7 @@ u8 rmirror_buf_bio_done(struct bio *bio, void **private)
 int rmirror_write_sync(struct block_device *bdev, sector_t sector, const void *buf, size_t len,
 		       bool preflush, bool fua)
 {
-	blk_opf_t opf = REQ_OP_WRITE | REQ_SYNC | (preflush ? REQ_PREFLUSH : 0) | (fua ? REQ_FUA : 0);
-
-	return rmirror_rw_sync(bdev, sector, (void *)buf, len, opf);
+	return rmirror_rw_sync(bdev, sector, (void *)buf, len, rmirror_write_opf(preflush, fua));
 }
 
 /* Synchronously read @len bytes at @sector into a kmalloc'ed or vmalloc'ed buffer. */

@@ -65,18 +65,31 @@ pub(crate) fn recv_msg<'a>(
     lim: &Limits,
     stop: &dyn Fn() -> bool,
 ) -> core::result::Result<Message<'a>, RecvError> {
-    let mut pre = [0u8; wire::PREAMBLE_LEN];
-    t.recv_exact(&mut pre, stop)?;
-    let (hlen, plen) = wire::frame_parts(&pre, lim).map_err(RecvError::Protocol)?;
-    if hlen > PAYLOAD_OFFSET || PAYLOAD_OFFSET + plen > buf.len() {
+    if buf.len() < PAYLOAD_OFFSET {
         return Err(RecvError::Protocol(DecodeError::Oversized));
     }
     let (head, tail) = buf.split_at_mut(PAYLOAD_OFFSET);
-    head[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
-    t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
+    let room = tail.len();
+    let (hlen, plen) = recv_head(t, head, room, lim, stop)?;
     t.recv_exact(&mut tail[..plen], stop)?;
     t.counters().msgs_received.fetch_add(1, Relaxed);
     wire::decode_parts(&head[..hlen], &tail[..plen], lim).map_err(RecvError::Protocol)
+}
+
+/// Receives a frame's preamble and the rest of its header into `head`; returns the header's and
+/// the payload's lengths, checked against `lim`, `head` and `room` (the payload's buffer) before
+/// anything past the preamble is read.
+fn recv_head(t: &dyn Transport, head: &mut [u8], room: usize, lim: &Limits, stop: &dyn Fn() -> bool)
+    -> core::result::Result<(usize, usize), RecvError> {
+    let mut pre = [0u8; wire::PREAMBLE_LEN];
+    t.recv_exact(&mut pre, stop)?;
+    let (hlen, plen) = wire::frame_parts(&pre, lim).map_err(RecvError::Protocol)?;
+    if hlen > head.len() || plen > room {
+        return Err(RecvError::Protocol(DecodeError::Oversized));
+    }
+    head[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
+    t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
+    Ok((hlen, plen))
 }
 
 /// Receives one frame into `head` (its header) and a new buffer of exactly its payload's size,
@@ -89,14 +102,8 @@ pub(crate) fn recv_frame(
     lim: &Limits,
     stop: &dyn Fn() -> bool,
 ) -> core::result::Result<(usize, KVVec<u8>), RecvError> {
-    let mut pre = [0u8; wire::PREAMBLE_LEN];
-    t.recv_exact(&mut pre, stop)?;
-    let (hlen, plen) = wire::frame_parts(&pre, lim).map_err(RecvError::Protocol)?;
-    if hlen > head.len() || plen > lim.max_payload as usize {
-        return Err(RecvError::Protocol(DecodeError::Oversized));
-    }
-    head[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
-    t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
+    // `frame_parts` caps the payload at `lim`'s maximum.
+    let (hlen, plen) = recv_head(t, head, usize::MAX, lim, stop)?;
     let mut payload = KVVec::new();
     if plen > 0 {
         payload = crate::bindings::noio(|| KVVec::from_elem(0u8, plen, GFP_KERNEL)).map_err(|_| ENOMEM)?;
