@@ -283,19 +283,22 @@ void rmirror_bio_submit(struct bio *bio)
 	submit_bio_noacct(bio);
 }
 
-/* I/O accounting of a bio submitted to our disk (iostat), when the queue's iostats are on. */
-unsigned long rmirror_acct_start(struct bio *bio)
+/*
+ * I/O accounting of a bio submitted to our disk (iostat), when the queue's iostats are on:
+ * returns whether it started, and its start time in @start (any jiffies value, 0 included).
+ */
+bool rmirror_acct_start(struct bio *bio, unsigned long *start)
 {
 	if (!blk_queue_io_stat(bio->bi_bdev->bd_disk->queue))
-		return 0;
-	return bio_start_io_acct(bio);
+		return false;
+	*start = bio_start_io_acct(bio);
+	return true;
 }
 
-/* The end of what rmirror_acct_start() began (@start 0: not accounted). */
+/* The end of an accounting rmirror_acct_start() began. */
 void rmirror_acct_end(struct bio *bio, unsigned long start)
 {
-	if (start)
-		bio_end_io_acct(bio, start);
+	bio_end_io_acct(bio, start);
 }
 
 void rmirror_bio_endio(struct bio *bio, u8 status)

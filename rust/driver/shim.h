@@ -51,7 +51,7 @@ struct bio *rmirror_clone_alloc(struct bio *orig, struct block_device *bdev,
 void rmirror_clone_free(struct bio *clone);
 void rmirror_bio_remap(struct bio *bio, struct block_device *bdev);
 void rmirror_bio_submit(struct bio *bio);
-unsigned long rmirror_acct_start(struct bio *bio);
+bool rmirror_acct_start(struct bio *bio, unsigned long *start);
 void rmirror_acct_end(struct bio *bio, unsigned long start);
 void rmirror_bio_endio(struct bio *bio, u8 status);
 size_t rmirror_bio_copy_to(struct bio *bio, void *buf, size_t len);

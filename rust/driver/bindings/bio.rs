@@ -220,8 +220,8 @@ struct Front<T> {
     refs: AtomicU32,
     /// The original bio, owned (see the module documentation).
     orig: NonNull<bindings::bio>,
-    /// Its I/O accounting's start (`bio_start_io_acct`; 0: not accounted).
-    acct: kernel::ffi::c_ulong,
+    /// Its I/O accounting's start (`bio_start_io_acct`), if accounted.
+    acct: Option<kernel::ffi::c_ulong>,
     data: T,
 }
 
@@ -280,8 +280,9 @@ impl<T: CloneData> BioSet<T> {
         };
         let Some(clone) = NonNull::new(clone) else { return Err(orig) };
         let orig = core::mem::ManuallyDrop::new(orig);
-        // SAFETY: `orig` is live and ours; it was submitted to our disk.
-        let acct = unsafe { ffi::rmirror_acct_start(orig.0.as_ptr()) };
+        let mut start = 0;
+        // SAFETY: `orig` is live and ours, submitted to our disk; `start` is writable.
+        let acct = unsafe { ffi::rmirror_acct_start(orig.0.as_ptr(), &mut start) }.then_some(start);
         let front = Front { refs: AtomicU32::new(1), orig: orig.0, acct, data };
         // SAFETY: the set was created with `front_pad::<T>()` bytes in front of every bio, so
         // this is the start of the clone's allocation, suitably aligned (checked above), ours.
@@ -366,7 +367,9 @@ impl<T: CloneData> Drop for CloneRef<T> {
         // once, the data dropped once, then the clone goes back to its set.
         unsafe {
             let status = (*front).data.complete();
-            ffi::rmirror_acct_end((*front).orig.as_ptr(), (*front).acct);
+            if let Some(start) = (*front).acct {
+                ffi::rmirror_acct_end((*front).orig.as_ptr(), start);
+            }
             ffi::rmirror_bio_endio((*front).orig.as_ptr(), status.0);
             core::ptr::drop_in_place(&raw mut (*front).data);
             ffi::rmirror_clone_free(self.bio.as_ptr());

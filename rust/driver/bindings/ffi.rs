@@ -56,7 +56,7 @@ unsafe extern "C" {
     pub(super) fn rmirror_bio_remap(bio: *mut bio, bdev: *mut block_device);
     pub(super) fn rmirror_bio_submit(bio: *mut bio);
     pub(super) fn rmirror_bio_endio(bio: *mut bio, status: u8);
-    pub(super) fn rmirror_acct_start(bio: *mut bio) -> c_ulong;
+    pub(super) fn rmirror_acct_start(bio: *mut bio, start: *mut c_ulong) -> bool;
     pub(super) fn rmirror_acct_end(bio: *mut bio, start: c_ulong);
     pub(super) fn rmirror_bio_copy_to(bio: *mut bio, buf: *mut c_void, len: usize) -> usize;
     pub(super) fn rmirror_bio_copy_from(bio: *mut bio, buf: *const c_void, len: usize) -> usize;
