@@ -8,7 +8,8 @@
 #   make tools           build rmirrorctl and rmirror-check
 #   make check           everything: host tests, then the VM tests
 #   make demo            two VMs, a mirrored ext4 file seen on the secondary's disk
-#   make bench           rmirror against the raw disk and DRBD 8.4 (fio), two VMs and one; table,
+#   make bench           rmirror against the raw disk and DRBD 8.4 (fio), two VMs and one, on a
+#                        kernel without debugging (built and cached on first use); table,
 #                        bench-results/bench.json and bench.png (BENCH_ARGS="--runtime 20" ...)
 #   make bench-smoke     a one-minute version of it that only checks every figure is produced
 #   make fuzz            run the cargo-fuzz targets of the core for a short while
@@ -29,7 +30,8 @@ KDIR ?= $(RMIRROR_CACHE)/kernel/current
 TOOL := rust/target/release/rmirrorctl
 MODULE := rmirror.ko
 
-.PHONY: all module tools host-setup kernel rootfs test-host test-vm check demo bench bench-smoke fuzz clean
+.PHONY: all module tools host-setup kernel rootfs test-host test-vm check demo bench bench-smoke bench-kernel \
+	bench-module fuzz clean
 
 all: module
 
@@ -58,7 +60,7 @@ VM_ENV = RMIRROR_KERNEL=$(KDIR)/arch/x86/boot/bzImage RMIRROR_ROOTFS=$$(scripts/
 	RMIRROR_MODULE=$(TOP)/$(MODULE) RMIRROR_TOOL=$(TOP)/$(TOOL)
 
 test-vm: module tools rootfs
-	$(VM_ENV) $(PYTHON) -m pytest -v tests/vm
+	$(VM_ENV) $(PYTHON) -m pytest -v --durations=30 tests/vm
 
 check: host-setup
 	$(MAKE) test-host
@@ -68,12 +70,39 @@ check: host-setup
 demo: module tools rootfs
 	$(VM_ENV) $(PYTHON) scripts/vm.py demo
 
-# Benchmarks are not tests: no thresholds, see Documentation/bench.rst. drbd.ko comes from $(KDIR).
+# Benchmarks are not tests: no thresholds, see Documentation/bench.rst. `make bench` runs on the
+# bench kernel (the test kernel without lockdep, KASAN, kmemleak..., scripts/kernel-bench.config) with
+# rmirror.ko and drbd.ko built for it; BENCH_KERNEL=test runs it on the debug test kernel instead.
+# The smoke in `make check` uses the test kernel (no second kernel build in the check's budget).
 BENCH_OUT ?= bench-results
 BENCH_ARGS ?=
+BENCH_KERNEL ?= bench
+ifeq ($(BENCH_KERNEL),test)
+BENCH_KDIR := $(KDIR)
+BENCH_DEPS := module
+BENCH_MOD := $(TOP)/$(MODULE)
+else
+BENCH_KDIR := $(RMIRROR_CACHE)/kernel/bench
+BENCH_DEPS := bench-module
+BENCH_MOD := $(TOP)/build/bench/rmirror.ko
+endif
 
-bench: module tools rootfs
-	$(VM_ENV) $(PYTHON) scripts/bench.py run --kdir $(KDIR) --out $(BENCH_OUT) $(BENCH_ARGS)
+bench-kernel: host-setup
+	RMIRROR_KERNEL_VARIANT=bench scripts/kernel.sh >/dev/null
+
+# The module's sources copied to build/bench and built there (the in-place build is the test kernel's).
+bench-module: bench-kernel
+	rm -rf build/bench && mkdir -p build/bench/rust
+	cp Kbuild build/bench/ && cp -r rust/core rust/driver build/bench/rust/
+	rm -rf build/bench/rust/core/target build/bench/rust/core/fuzz
+	find build/bench \( -name '*.o' -o -name '.*.cmd' -o -name '*.ko' -o -name '*.rmeta' \) -delete
+	$(KENV) $(MAKE) -C $(BENCH_KDIR) M=$(TOP)/build/bench modules
+	@ls -l build/bench/rmirror.ko
+
+bench: $(BENCH_DEPS) tools rootfs
+	RMIRROR_KERNEL=$(BENCH_KDIR)/arch/x86/boot/bzImage RMIRROR_ROOTFS=$$(scripts/rootfs.sh) \
+	RMIRROR_MODULE=$(BENCH_MOD) RMIRROR_TOOL=$(TOP)/$(TOOL) \
+	$(PYTHON) scripts/bench.py run --kdir $(BENCH_KDIR) --out $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-smoke: module tools rootfs
 	$(VM_ENV) $(PYTHON) scripts/bench.py run --smoke --kdir $(KDIR) --out $(BENCH_OUT)/smoke $(BENCH_ARGS)
@@ -86,3 +115,4 @@ fuzz:
 clean:
 	-$(KENV) $(MAKE) -C $(KDIR) M=$(TOP) clean
 	cd rust && $(CARGO) clean
+	rm -rf build/bench

@@ -72,6 +72,8 @@ JOBS = {
     "randread": {"rw": "randread", "bs": "4k", "iodepth": 32, "numjobs": 1},
 }
 #: The jobs that count packets per write (two-vm, protocol C): QD1, so that nothing is batched.
+#: Run between readings of both backing disks' request counters (rmirror-C, drbd-C).
+DISK_JOB = {"rw": "randwrite", "bs": "4k", "iodepth": 32, "numjobs": 1}
 PACKET_JOBS = {
     "4k": {"rw": "randwrite", "bs": "4k", "iodepth": 1, "numjobs": 1},
     "1m": {"rw": "write", "bs": "1M", "iodepth": 1, "numjobs": 1},
@@ -513,6 +515,39 @@ class Configs:
         return self.dev
 
 
+# ---- profiles (--profile JOB) ------------------------------------------------------------------------------
+def perf_payload():
+    """Payload entries for the host's perf (Debian's linux-perf) and the libraries it needs, or exit."""
+    perf = shutil.which("perf")
+    if not perf:
+        sys.exit("bench.py: --profile needs perf on the host (apt-get install linux-perf)")
+    out = {"perf/perf": os.path.realpath(perf)}
+    ldd = subprocess.run(["ldd", perf], stdout=subprocess.PIPE, text=True, check=True).stdout
+    for line in ldd.splitlines():
+        if "=> /" in line:
+            lib = line.split("=> ")[1].split(" (")[0]
+            out[f"perf/lib/{os.path.basename(lib)}"] = os.path.realpath(lib)
+    return out
+
+
+#: perf in the guest, from the payload. Samples every CPU with the cpu-clock timer (a TCG guest has no
+#: hardware counters), with call graphs.
+PERF = "LD_LIBRARY_PATH=/p/perf/lib /p/perf/perf"
+PERF_START = (f"echo 0 > /proc/sys/kernel/kptr_restrict; {PERF} record -q -a -g -e cpu-clock -F 499 "
+              "-o /tmp/perf.data >/tmp/perf.log 2>&1 & echo $! > /tmp/perf.pid; sleep 1")
+PERF_STOP = (f"kill -INT $(cat /tmp/perf.pid); while kill -0 $(cat /tmp/perf.pid) 2>/dev/null; do sleep 0.2; done; "
+             f"{PERF} report -i /tmp/perf.data --stdio --no-children --sort sym --percent-limit 0.7 -g none "
+             "2>/dev/null | grep -v '^$' | head -60; echo '@@BY-COMM'; "
+             f"{PERF} report -i /tmp/perf.data --stdio --no-children --sort comm --percent-limit 1 -g none "
+             "2>/dev/null | grep -v '^$' | head -30; rm -f /tmp/perf.data")
+
+
+def profile(topo, dev, job, s):
+    """A cpu-clock profile of every CPU of the primary's guest while `job` runs on `dev`: perf report's text."""
+    figs = run_fio(topo.pri.vm, dev, {job: JOBS[job]}, s["runtime"], 0, s["region_mib"], PERF_START, PERF_STOP)
+    return figs["after"]
+
+
 # ---- a run --------------------------------------------------------------------------------------------------
 def load_modules(topo, drbd_modules):
     def load(vm):
@@ -548,6 +583,26 @@ def count_packets(topo, dev, s):
     return out
 
 
+#: Write and flush requests the disk completed so far (/sys/block/X/stat fields 5 and 16).
+def disk_stat_cmd(disk):
+    return f"set -- $(cat /sys/block/{os.path.basename(disk)}/stat); echo $5 ${{16}}"
+
+
+def count_disk_requests(topo, dev, s):
+    """Write and flush requests per write on each backing disk while DISK_JOB runs on `dev`: what one
+    replicated write costs the disks (a FUA write on a disk without FUA is a write and a flush)."""
+    nodes = (("primary", topo.pri), ("secondary", topo.sec))
+    before = {role: n.vm.ok(disk_stat_cmd(n.disk)).split() for role, n in nodes}
+    figs = run_fio(topo.pri.vm, dev, {"disk": DISK_JOB}, s["packets"], 0, s["region_mib"])
+    after = {role: n.vm.ok(disk_stat_cmd(n.disk)).split() for role, n in nodes}
+    n = max(1, figs["disk"]["ios"])
+    out = {"writes": figs["disk"]["ios"]}
+    for role, _ in nodes:
+        (w0, f0), (w1, f1) = (map(int, before[role]), map(int, after[role]))
+        out[role] = {"writes_per_write": (w1 - w0) / n, "flushes_per_write": (f1 - f0) / n}
+    return out
+
+
 def run_topology(topo_cls, args, s, payload, drbd_modules):
     t0 = time.monotonic()
     kw = {"net": args.net} if topo_cls is TwoVm else {}
@@ -579,6 +634,13 @@ def run_topology(topo_cls, args, s, payload, drbd_modules):
             res["configs"][config] = {j: figs[j] for j in jobs}
             if topo.name == "two-vm" and s["packets"] and config in ("rmirror-C", "drbd-C"):
                 res["packets"][config] = count_packets(topo, dev, s)
+            if s["packets"] and config in ("rmirror-C", "drbd-C"):
+                res.setdefault("disk_requests", {})[config] = count_disk_requests(topo, dev, s)
+            if args.profile:
+                text = profile(topo, dev, args.profile, s)
+                res.setdefault("profiles", {})[config] = text
+                with open(os.path.join(args.out, f"profile-{topo.name}-{config}-{args.profile}.txt"), "w") as f:
+                    f.write(text)
             log(f"{topo.name}: {config} on {dev} done in {time.monotonic() - c0:.0f}s: "
                 + ", ".join(f"{k} {figs[j][f]:.1f}{u}" for k, j, f, _, u, _ in METRICS if j in jobs))
         cfg.down()
@@ -622,9 +684,34 @@ def fmt(v):
     return f"{v:.0f}" if a >= 1000 else f"{v:.1f}" if a >= 10 else f"{v:.2f}" if a >= 0.1 else f"{v:.3f}"
 
 
+#: Kernel options whose instrumentation costs dominate a TCG guest's driver figures.
+DEBUG_OPTIONS = {"CONFIG_KASAN": "KASAN", "CONFIG_PROVE_LOCKING": "lockdep", "CONFIG_DEBUG_KMEMLEAK": "kmemleak",
+                 "CONFIG_DEBUG_OBJECTS": "debug objects", "CONFIG_DEBUG_LIST": "list debugging"}
+
+
+def kernel_info(kdir):
+    """The kernel build's release and the debugging options it has on (from its .config)."""
+    kdir = os.path.realpath(kdir)
+    try:
+        with open(os.path.join(kdir, ".config")) as f:
+            on = {l.split("=")[0] for l in f if l.rstrip().endswith("=y")}
+    except OSError:
+        on = set()
+    try:
+        with open(os.path.join(kdir, "include/config/kernel.release")) as f:
+            release = f.read().strip()
+    except OSError:
+        release = "?"
+    return {"build": os.path.basename(kdir), "release": release,
+            "debug": [name for opt, name in DEBUG_OPTIONS.items() if opt in on]}
+
+
 def table(doc):
     """The text table of a results document."""
     lines = []
+    k = doc.get("kernel")
+    if k:
+        lines.append(f"kernel {k['release']} ({k['build']}), debugging: {', '.join(k['debug']) or 'none'}")
     for name, res in doc["topologies"].items():
         vals = metric_values(res)
         configs = [c for c in CONFIGS if c in vals]
@@ -652,6 +739,13 @@ def table(doc):
             for k, j, f, label, unit, _ in METRICS:
                 if any(k in rat[h] for h in heads):
                     lines.append(f"{label:{w}}" + "".join(f"{fmt(rat[h].get(k)):>14}" for h in heads))
+        if res.get("disk_requests"):
+            lines += ["", f"{'per write (4k QD32), disk reqs':{w}}{'pri wr':>9}{'pri fl':>9}{'sec wr':>9}{'sec fl':>9}"
+                      f"{'writes':>8}"]
+            for config, d in res["disk_requests"].items():
+                lines.append(f"{config:{w}}" + "".join(f"{d[r][k]:>9.2f}" for r in ("primary", "secondary")
+                                                      for k in ("writes_per_write", "flushes_per_write"))
+                             + f"{d['writes']:>8}")
         if res.get("packets"):
             lines += ["", f"{'per write, primary eth0':{w}}{'tx pkts':>9}{'rx pkts':>9}{'irqs':>9}{'peer irqs':>10}"
                       f"{'writes':>8}"]
@@ -787,6 +881,10 @@ def cmd_run(args):
         os.path.abspath(args.kernel)))))
     mods = drbd_modules(kdir)
     payload.update(mods)
+    if args.profile:
+        if args.profile not in JOBS:
+            sys.exit(f"bench.py: --profile: unknown job {args.profile!r} (one of {', '.join(JOBS)})")
+        payload.update(perf_payload())
     os.makedirs(args.out, exist_ok=True)
     t0 = time.monotonic()
     doc = {"version": 1, "kind": "smoke" if args.smoke else "full",
@@ -796,7 +894,7 @@ def cmd_run(args):
            "qemu": subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE,
                                   text=True).stdout.splitlines()[0],
            "smp": vmlib.DEFAULT_SMP, "mem_mib": vmlib.DEFAULT_MEM, "host_cpus": os.cpu_count(),
-           "accel": "kvm" if os.environ.get("RMIRROR_KVM") == "1" else "tcg",
+           "accel": "kvm" if os.environ.get("RMIRROR_KVM") == "1" else "tcg", "kernel": kernel_info(kdir),
            "topologies": {}}
     failed = []
     for name in s["topologies"]:
@@ -905,6 +1003,9 @@ def main():
     r.add_argument("--net", default="tap", choices=("tap", "socket"),
                    help="the two-vm link: tap devices in a host bridge (default, needs root) or vm.py's socket")
     r.add_argument("--kdir", help="kernel build tree with drbd.ko (default: the bzImage's)")
+    r.add_argument("--profile", metavar="JOB", help=f"after each configuration's jobs, run JOB (one of "
+                   f"{', '.join(JOBS)}) once more under perf (the host's linux-perf) on the primary's guest; "
+                   "writes profile-TOPOLOGY-CONFIG-JOB.txt")
     for opt in ("--kernel", "--rootfs", "--module", "--tool"):
         r.add_argument(opt)
     r.set_defaults(fn=cmd_run)

@@ -4,10 +4,25 @@
 # build the small Rust-enabled test kernel from scripts/kernel.config.
 #   scripts/kernel.sh            build if needed, print the build directory (KDIR) on stdout
 #   RMIRROR_KERNEL_REFRESH=1     look for a newer source package instead of reusing the cached one
+#   RMIRROR_KERNEL_VARIANT=bench the bench kernel: kernel.config with kernel-bench.config's settings
+#                                 (no lockdep, KASAN, kmemleak...); its link is kernel/bench, not current
 # The build is cached in $RMIRROR_CACHE/kernel/<source version>-<config hash>-<rustc + LLVM hash>.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
+VARIANT=${RMIRROR_KERNEL_VARIANT:-test}
 FRAG="$RMIRROR_TOP/scripts/kernel.config"
+LINK=current
+if [ "$VARIANT" = bench ]; then
+    # The effective fragment: kernel.config without the options kernel-bench.config sets, then those.
+    over="$RMIRROR_TOP/scripts/kernel-bench.config"
+    FRAG=$(mktemp) && trap 'rm -f "$FRAG"' EXIT
+    opts=$(grep -oE '^(# )?CONFIG_[A-Za-z0-9_]+' "$over" | sed 's/^# //' | sort -u)
+    grep -vwF -f <(echo "$opts") "$RMIRROR_TOP/scripts/kernel.config" > "$FRAG"
+    cat "$over" >> "$FRAG"
+    LINK=bench
+elif [ "$VARIANT" != test ]; then
+    die "RMIRROR_KERNEL_VARIANT must be test or bench, not $VARIANT"
+fi
 SRCDIR="$RMIRROR_CACHE/kernel-src"
 mkdir -p "$SRCDIR"
 
@@ -76,5 +91,5 @@ if [ ! -f "$KDIR/.rmirror-built" ]; then
     timed make -C "$KSRC" O="$KDIR" -j"$(nproc)" >"$KDIR/build.log" 2>&1 || { tail -40 "$KDIR/build.log" >&2; die "kernel build failed"; }
     touch "$KDIR/.rmirror-built"
 fi
-ln -sfn "$KDIR" "$RMIRROR_CACHE/kernel/current"
+ln -sfn "$KDIR" "$RMIRROR_CACHE/kernel/$LINK"
 echo "$KDIR"
