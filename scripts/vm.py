@@ -165,12 +165,58 @@ def port_listening(port):
 _tap_ids = itertools.count()
 
 
+#: Host interfaces made by make_tap_bridge, per process (a file named by its pid lists them): a run killed
+#: before it could remove its own (SIGKILL, a CI timeout) has them removed by the next one.
+LINKS_DIR = "/run/rmirror-links"
+
+
+def _record_links(names, add):
+    """Add `names` to (or drop them from) this process's record in LINKS_DIR."""
+    path = os.path.join(LINKS_DIR, str(os.getpid()))
+    try:
+        with open(path) as f:
+            have = f.read().split()
+    except OSError:
+        have = []
+    have = have + [n for n in names if n not in have] if add else [n for n in have if n not in names]
+    try:
+        if have:
+            os.makedirs(LINKS_DIR, exist_ok=True)
+            with open(path, "w") as f:
+                f.write(" ".join(have))
+        elif os.path.exists(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def sweep_stale_links():
+    """Remove the tap interfaces of processes that are gone (see LINKS_DIR)."""
+    try:
+        pids = os.listdir(LINKS_DIR)
+    except OSError:
+        return
+    for pid in pids:
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(LINKS_DIR, pid)
+        try:
+            with open(path) as f:
+                names = f.read().split()
+            for n in names:
+                subprocess.run(["ip", "link", "del", n], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def make_tap_bridge():
     """Create a bridge and two tap devices in it on the host (needs root and /dev/net/tun); returns
     (bridge, [tap, tap]). The host side has MTU 65520, so the guests' MTU alone decides. Remove them with
     remove_links()."""
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         raise GuestError("a tap network needs root and /dev/net/tun")
+    sweep_stale_links()
     tag = f"{os.getpid() % 100000}{next(_tap_ids)}"          # interface names: at most 15 characters
     br, taps = f"rmb{tag}", [f"rmt{tag}a", f"rmt{tag}b"]
     cmds = [["ip", "link", "add", br, "type", "bridge"]]
@@ -186,6 +232,7 @@ def make_tap_bridge():
             raise GuestError(f"{' '.join(c)} failed: {r.stdout.strip()}")
         if c[2] == "add":
             made.insert(0, c[3] if c[1] == "link" else c[4])
+            _record_links(made, True)
     return br, taps
 
 
@@ -193,6 +240,7 @@ def remove_links(names):
     """Delete host network interfaces (those of make_tap_bridge)."""
     for n in names:
         subprocess.run(["ip", "link", "del", n], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _record_links(list(names), False)
 
 
 def tap_netdev(tap):

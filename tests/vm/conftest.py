@@ -32,6 +32,15 @@ def _kernel():
     return k
 
 
+def _net():
+    """The link between the guests: RMIRROR_NET=tap (tap devices in a host bridge: root) or socket
+    (QEMU's socket netdev, the default). See scripts/vm.py."""
+    net = os.environ.get("RMIRROR_NET", "socket")
+    if net not in ("socket", "tap"):
+        pytest.exit(f"RMIRROR_NET must be socket or tap, not {net!r}", returncode=2)
+    return net
+
+
 _rootfs_cache = []
 
 
@@ -102,14 +111,14 @@ def pair(request, _shared_pairs):
     # kmemleak records every allocation with its backtrace, a cost every test pays under TCG; only the
     # modules that scan for leaks (KMEMLEAK = True) boot with it on.
     if getattr(request.module, "KMEMLEAK", False):
-        with vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp) as p:
+        with vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp, net=_net()) as p:
             BOOT_TIMES.append((request.module.__name__, p.alpha.boot_seconds, p.beta.boot_seconds))
             yield p
         return
     key = (smp, tuple(sorted(payload.items())))
     p = _shared_pairs.get(key)
     if p is None:
-        p = vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp, append="kmemleak=off")
+        p = vmlib.Pair(_kernel(), _rootfs(), payload, smp=smp, append="kmemleak=off", net=_net())
         p.__enter__()
         _shared_pairs[key] = p
         BOOT_TIMES.append((request.module.__name__, p.alpha.boot_seconds, p.beta.boot_seconds))
