@@ -100,6 +100,9 @@ pub(crate) struct Conn {
     pub(crate) small_writes: bool,
     /// Set once at teardown: threads exit, nothing new is queued.
     pub(crate) stopping: bool,
+    /// A job is being sent (by the sender thread or a submitter, see `sender::pick`): jobs go
+    /// out one at a time, in the order they were picked.
+    pub(crate) send_busy: bool,
     /// Writes kept during an outage, replayed in order after it (see `outage`).
     pub(crate) outq: crate::outage::OutageQueue,
     /// Primary: the secondary's bitmap on this connection (`wire::feature::PEER_BITMAP`).
@@ -430,6 +433,7 @@ impl Device {
                     tlog: no_tlog(),
                     small_writes: false,
                     stopping: false,
+                    send_busy: false,
                     outq,
                     peer_bitmap: PeerBitmap::NotExpected,
                     discard_my_data: false,

@@ -12,9 +12,12 @@
 //! - Writes that overlap never run together: one waits for the other to be retired. The
 //!   primary never has two overlapping writes in flight, nor a write and a resync chunk over the
 //!   same range, but a replayed outage queue may carry rewrites of one block back to back.
-//! - Anything that depends on the writes before it (a barrier or flush, a write with PREFLUSH,
-//!   a forwarded read, the bitmap exchange, the end of a connection) first waits until every
-//!   write in flight is retired ([`Device::peer_drain`]): their acks are sent by then.
+//! - Anything that depends on the writes before it (a write with PREFLUSH, a forwarded read,
+//!   the bitmap exchange, the end of a connection) first waits until every write in flight is
+//!   retired ([`Device::peer_drain`]): their acks are sent by then.
+//! - A barrier (or flush) closes an epoch and does not stop the writes after it: the acker
+//!   flushes and answers it once every write before it is retired ([`Device::peer_barrier`],
+//!   DRBD's epochs). Barriers are answered in the order they came.
 //! - A write is retired only after its ack is sent (or its connection is gone), so a barrier
 //!   ack never overtakes the acks of the writes before it.
 //!
@@ -119,7 +122,54 @@ impl Device {
         Ok(())
     }
 
-    /// Waits until every write in flight is retired (its ack sent or its connection gone).
+    /// Receiver: barrier `nr` of connection `generation` came after `writes` writes of its
+    /// epoch. The acker flushes (if `flush`) and answers it once they are retired; the writes
+    /// after it go on meanwhile (`rcore::state::peer`, rule 4).
+    pub(crate) fn peer_barrier(&self, generation: u64, nr: u32, flush: bool, writes: u32) {
+        let ready = {
+            let mut p = self.peer_io.lock();
+            loop {
+                match p.inflight.close_epoch(nr, flush, writes, generation) {
+                    Ok(()) => break p.inflight.ready_epoch().is_some(),
+                    Err(_) => {
+                        let _ = self.peer_cv.wait_interruptible_timeout(&mut p, kernel::time::msecs_to_jiffies(1000));
+                    }
+                }
+            }
+        };
+        if ready {
+            self.ack_cv.notify_one();
+        }
+    }
+
+    /// Acker: answers the barriers whose writes are all retired, oldest first: flush, then
+    /// `BarrierAck` (a `Negative` ack naming the barrier if the flush failed); a barrier of a
+    /// connection that is gone is only forgotten.
+    fn answer_barriers(&self) {
+        loop {
+            let Some(e) = self.peer_io.lock().inflight.ready_epoch() else { return };
+            let meta = {
+                let c = self.conn.lock();
+                if c.stopping || c.generation != e.tag { None } else { c.meta.clone() }
+            };
+            if let Some(l) = meta {
+                let msg = if e.flush && self.backing.flush().is_err() {
+                    Message::Ack { seq: e.nr, kind: AckKind::Negative }
+                } else {
+                    Message::BarrierAck { nr: e.nr, writes: e.writes }
+                };
+                let stop = || !self.is_current(e.tag);
+                if crate::transport::send_msg(&*l, &msg, &stop).is_err() {
+                    self.connection_lost(e.tag, "cannot send an ack");
+                }
+            }
+            let _ = self.peer_io.lock().inflight.pop_epoch();
+            self.peer_cv.notify_all();
+        }
+    }
+
+    /// Waits until every write in flight is retired (its ack sent or its connection gone) and
+    /// every barrier answered.
     pub(crate) fn peer_drain(&self) {
         let mut p = self.peer_io.lock();
         while !p.inflight.is_empty() {
@@ -212,7 +262,8 @@ fn send_batch(l: &dyn Transport, out: &[u8], n: u64, stop: &dyn Fn() -> bool) ->
     l.send(&[out], None, stop)
 }
 
-/// The acker thread (secondary): sends the acks of completed writes and retires them. Stops
+/// The acker thread (secondary): sends the acks of completed writes and retires them, then
+/// answers the barriers that became ready. Stops
 /// only once asked to (after the receiver, which drains first) with nothing in flight.
 pub(crate) fn run(dev: &Arc<Device>) {
     let (Ok(mut batch), Ok(mut out)) = (
@@ -230,12 +281,18 @@ pub(crate) fn run(dev: &Arc<Device>) {
                     core::mem::swap(&mut p.done, &mut batch);
                     break;
                 }
+                if p.inflight.ready_epoch().is_some() {
+                    break;
+                }
                 if p.inflight.is_empty() && crate::bindings::thread::should_stop() {
                     return;
                 }
                 let _ = dev.ack_cv.wait_interruptible_timeout(&mut p, kernel::time::msecs_to_jiffies(1000));
             }
         }
-        dev.acks(&mut batch, &mut out);
+        if !batch.is_empty() {
+            dev.acks(&mut batch, &mut out);
+        }
+        dev.answer_barriers();
     }
 }

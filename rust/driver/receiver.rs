@@ -2,7 +2,8 @@
 //! The secondary's data thread: submits each write of the current connection's data socket to
 //! the backing device without waiting (`peer_io`: many in flight, acked from their completion)
 //! and acknowledges it as its replication protocol says (C: once durable, B: once received, A:
-//! not at all; barriers: once flushed). Any message that fails to decode or breaks the protocol
+//! not at all; barriers: once the writes before them are retired and flushed, by the acker).
+//! Any message that fails to decode or breaks the protocol
 //! drops the connection before anything is written.
 
 use crate::conn::{frame_buffer, io_reason, MAX_IO_BYTES};
@@ -21,7 +22,9 @@ pub(crate) fn run(dev: &Arc<Device>) {
     let mut served = 0;
     while let Some((data, meta, generation)) = dev.wait_data(served) {
         served = generation;
-        let why = serve(dev, &*data, &*meta, generation, &mut buf);
+        // Writes received back to back are issued together (the plug is flushed whenever
+        // the receiver waits for the socket, room or a drain).
+        let why = crate::bindings::bdev::plugged(|| serve(dev, &*data, &*meta, generation, &mut buf));
         dev.connection_lost(generation, why);
         // Nothing of that connection stays in flight when the next one is served (it may
         // resync the same ranges) or the role changes (the acker skips its acks now).
@@ -101,11 +104,18 @@ fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, gen
                 }
                 Next::Resync(sector, sectors)
             }
+            Ok(Message::Barrier { nr, flags }) => {
+                // Closes the epoch; the acker answers it once the writes before it are retired
+                // (`Step::Barrier` does not drain: the writes after it go on).
+                let writes = core::mem::replace(&mut writes_in_epoch, 0);
+                dev.peer_barrier(generation, nr, flags.contains(BarrierFlags::FLUSH), writes);
+                Next::Reply(None)
+            }
             Ok(msg) => {
                 // Everything else depends on the writes before it (it drains, `Step::drains`):
                 // they are done and acked.
                 dev.peer_drain();
-                match other(dev, msg, generation, &announced, &mut writes_in_epoch, meta_sock, buf, &stop) {
+                match other(dev, msg, generation, &announced, meta_sock, buf, &stop) {
                     Ok(reply) => Next::Reply(reply),
                     Err(why) => return why,
                 }
@@ -133,19 +143,10 @@ fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, gen
 
 /// A message other than a write or resync data, every write before it retired: returns the
 /// reply to send, if any.
-#[allow(clippy::too_many_arguments)]
-fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u32, u32)>, writes_in_epoch: &mut u32,
+fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u32, u32)>,
     meta_sock: &dyn Transport, buf: &mut KVVec<u8>, stop: &dyn Fn() -> bool)
     -> core::result::Result<Option<Message<'static>>, &'static str> {
     Ok(match msg {
-        Message::Barrier { nr, flags } => {
-            if flags.contains(BarrierFlags::FLUSH) && dev.backing.flush().is_err() {
-                Some(Message::Ack { seq: nr, kind: AckKind::Negative })
-            } else {
-                let writes = core::mem::replace(writes_in_epoch, 0);
-                Some(Message::BarrierAck { nr, writes })
-            }
-        }
         Message::Uuids(u) => {
             dev.peer_uuids(generation, &u);
             None

@@ -126,7 +126,7 @@ fn submit_write(dev: &Arc<Device>, bio: Bio) {
     }
     let req = if diskless { clone.without_io() } else { clone.submit() };
     // Peer half: queued for the sender thread or in the outage queue, or failed at once.
-    if !dev.queue_for_peer(&req) {
+    if !dev.queue_for_peer(&req, !nowait) {
         req.net_done(false);
     }
 }
@@ -228,9 +228,10 @@ impl PeerPart for CloneRef<Request> {
 impl Device {
     /// Queues `req` for the sender when replicating, or in the outage queue during an outage
     /// or a replay. Returns false when the request must go without the peer (its range is
-    /// marked at completion). Never waits for the peer: the in-flight slots bound the send
-    /// queue to its capacity.
-    fn queue_for_peer(&self, req: &CloneRef<Request>) -> bool {
+    /// marked at completion). Never waits for the peer's ack: the in-flight slots bound the
+    /// send queue to its capacity. `inline`: the caller may send it itself if the sender is
+    /// idle (it may then wait for room in the socket; not for `REQ_NOWAIT`).
+    fn queue_for_peer(&self, req: &CloneRef<Request>, inline: bool) -> bool {
         let mut c = self.conn.lock();
         if self.disk() == crate::detach::DETACHED && (!c.sending() || !c.detach_ok) {
             // Without the disk a write is only as good as the peer's ack: no queueing, and a
@@ -251,8 +252,12 @@ impl Device {
         if c.send_queue.push_within_capacity(req.clone()).is_err() {
             return false;
         }
-        drop(c);
-        self.work.notify_one();
+        if inline {
+            self.send_or_wake(c);
+        } else {
+            drop(c);
+            self.work.notify_one();
+        }
         true
     }
 }

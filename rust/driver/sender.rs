@@ -106,46 +106,107 @@ fn next_job(dev: &Device, c: &mut Conn) -> Option<Job> {
     None
 }
 
+/// A job picked under the connection lock, with what sending it takes.
+pub(crate) struct Picked {
+    job: Job,
+    link: Option<Arc<dyn Transport>>,
+    generation: u64,
+    small_ok: bool,
+    more: bool,
+}
+
+/// Picks the next job if nobody is sending (the connection locked) and takes the send turn
+/// (`Conn::send_busy`): jobs are sent one at a time, in the order they are picked, by the
+/// sender thread or by a submitter that found it idle ([`Device::send_inline`]).
+fn pick(dev: &Device, c: &mut Conn) -> Option<Picked> {
+    if c.send_busy {
+        return None;
+    }
+    let job = next_job(dev, c)?;
+    c.send_busy = true;
+    // More writes queued: the transport may pack this one with the next (corking).
+    let more = !c.send_queue.is_empty();
+    Some(Picked { job, link: c.link.clone(), generation: c.generation, small_ok: c.small_writes, more })
+}
+
+/// Sends a picked job (nothing locked) and finishes what it completes. The caller gives the
+/// send turn back afterwards.
+fn perform(dev: &Device, p: Picked) {
+    let stop = || dev.stopping();
+    let Picked { job, link, generation, small_ok, more } = p;
+    let inline_max = if small_ok { dev.inline_max.load(Ordering::Relaxed) } else { 0 };
+    let r = match (&job, &link) {
+        (_, None) => Err(EINVAL), // cannot happen: a job is only picked while replicating
+        (Job::Replay(ts), Some(l)) => send_replay(&**l, ts, inline_max, more, &stop),
+        (Job::Write(req), Some(l)) => send_request(&**l, req, inline_max, more, &stop),
+        (Job::Barrier(nr), Some(l)) => {
+            send_msg(&**l, &Message::Barrier { nr: *nr, flags: BarrierFlags::FLUSH }, &stop)
+        }
+        (Job::Fail(_) | Job::FailRead(_), Some(_)) => Ok(()),
+        (Job::Detached(current), Some(l)) => send_msg(&**l, &Message::Detached { current: *current }, &stop),
+        (Job::Read(sector, sectors), Some(l)) => crate::detach::send_read(&**l, *sector, *sectors, &stop),
+    };
+    match job {
+        Job::Fail(req) => req.net_done(false),
+        Job::FailRead(r) => r.fail(dev),
+        Job::Replay(ts) => dev.conn.lock().outq.sent(ts),
+        Job::Write(req) if r.is_ok() && dev.cfg.protocol == Protocol::A => dev.sent_async(generation, req),
+        _ => {}
+    }
+    if let Err(e) = r {
+        dev.connection_lost(generation, if e == crate::bindings::errno::eshutdown() { "shut down" } else { "send failed" });
+    }
+}
+
+/// Whether the sender may have a job now (conservative: a wrong "yes" only wakes it).
+fn pending(dev: &Device, c: &Conn) -> bool {
+    !c.send_queue.is_empty()
+        || !c.read_queue.is_empty()
+        || !c.outq.is_empty()
+        || (dev.cfg.protocol != Protocol::C && c.tlog.unbarriered() > 0)
+        || (c.detach_ok && dev.detach_notice.load(Ordering::Acquire))
+}
+
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
-    let stop = || dev.stopping();
     loop {
-        let (job, link, generation, small_ok, more) = {
+        let picked = {
             let mut c = dev.conn.lock();
-            let job = loop {
+            // The turn taken for the previous job is given back here.
+            c.send_busy = false;
+            loop {
                 if c.stopping {
                     return;
                 }
-                if let Some(j) = next_job(dev, &mut c) {
-                    break j;
+                if let Some(p) = pick(dev, &mut c) {
+                    break p;
                 }
                 let _ = dev.work.wait_interruptible_timeout(&mut c, kernel::time::msecs_to_jiffies(1000));
-            };
-            // More writes queued: the transport may pack this one with the next (corking).
-            let more = !c.send_queue.is_empty();
-            (job, c.link.clone(), c.generation, c.small_writes, more)
-        };
-        let inline_max = if small_ok { dev.inline_max.load(Ordering::Relaxed) } else { 0 };
-        let r = match (&job, &link) {
-            (_, None) => Err(EINVAL), // cannot happen: a job is only picked while replicating
-            (Job::Replay(ts), Some(l)) => send_replay(&**l, ts, inline_max, more, &stop),
-            (Job::Write(req), Some(l)) => send_request(&**l, req, inline_max, more, &stop),
-            (Job::Barrier(nr), Some(l)) => {
-                send_msg(&**l, &Message::Barrier { nr: *nr, flags: BarrierFlags::FLUSH }, &stop)
             }
-            (Job::Fail(_) | Job::FailRead(_), Some(_)) => Ok(()),
-            (Job::Detached(current), Some(l)) => send_msg(&**l, &Message::Detached { current: *current }, &stop),
-            (Job::Read(sector, sectors), Some(l)) => crate::detach::send_read(&**l, *sector, *sectors, &stop),
         };
-        match job {
-            Job::Fail(req) => req.net_done(false),
-            Job::FailRead(r) => r.fail(dev),
-            Job::Replay(ts) => dev.conn.lock().outq.sent(ts),
-            Job::Write(req) if r.is_ok() && dev.cfg.protocol == Protocol::A => dev.sent_async(generation, req),
-            _ => {}
-        }
-        if let Err(e) = r {
-            dev.connection_lost(generation, if e == crate::bindings::errno::eshutdown() { "shut down" } else { "send failed" });
+        perform(dev, picked);
+    }
+}
+
+impl Device {
+    /// A write was just queued (`c`): a submitter sends the next job itself when the sender is
+    /// idle, one thread wake-up less per write at low queue depth; otherwise the sender thread
+    /// is woken for it.
+    pub(crate) fn send_or_wake(&self, mut c: kernel::sync::MutexGuard<'_, Conn>) {
+        let Some(p) = pick(self, &mut c) else {
+            drop(c);
+            self.work.notify_one();
+            return;
+        };
+        drop(c);
+        perform(self, p);
+        let wake = {
+            let mut c = self.conn.lock();
+            c.send_busy = false;
+            pending(self, &c)
+        };
+        if wake {
+            self.work.notify_one();
         }
     }
 }

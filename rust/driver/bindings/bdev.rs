@@ -8,6 +8,21 @@ use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 use kernel::str::CStr;
 
+/// Runs `f` with a block plug (`blk_start_plug`): the bios the thread submits meanwhile are
+/// held and issued together (one doorbell for several requests) when `f` returns, when the
+/// plug is full, or as soon as the thread sleeps (the scheduler flushes a sleeping task's plug,
+/// so nothing waits on a held bio).
+pub(crate) fn plugged<R>(f: impl FnOnce() -> R) -> R {
+    let mut plug = core::mem::MaybeUninit::<bindings::blk_plug>::uninit();
+    // SAFETY: `blk_start_plug` initialises the plug (or leaves it unused if one is active); it
+    // stays at this address, in this frame, until `blk_finish_plug` below.
+    unsafe { bindings::blk_start_plug(plug.as_mut_ptr()) };
+    let r = f();
+    // SAFETY: the plug started above, still in place; this flushes and detaches it.
+    unsafe { bindings::blk_finish_plug(plug.as_mut_ptr()) };
+    r
+}
+
 /// A block device opened read-write and exclusively for rmirror.
 ///
 /// # Invariants

@@ -122,6 +122,26 @@ impl Socket {
         })
     }
 
+    /// Receives exactly `len` bytes into a new heap buffer (`GFP_NOIO`), which is not zeroed first:
+    /// a payload of up to 1 MiB is written once, by the receive.
+    pub(crate) fn recv_vec(&self, len: usize, stop: &dyn Fn() -> bool) -> Result<KVVec<u8>> {
+        let mut v = super::noio(|| KVVec::<u8>::with_capacity(len, GFP_KERNEL)).map_err(|_| ENOMEM)?;
+        let spare = v.spare_capacity_mut();
+        if spare.len() < len {
+            return Err(ENOMEM);
+        }
+        let p = spare.as_mut_ptr().cast::<u8>();
+        whole(len, stop, |done| {
+            // SAFETY: `self.0` is valid (invariant); `p + done .. p + len` lies in `v`'s spare
+            // capacity (checked above), which nothing else references during the call.
+            unsafe { ffi::rmirror_sock_recv(self.0.as_ptr(), p.add(done).cast(), len - done) }
+        })?;
+        let (ptr, _, cap) = v.into_raw_parts();
+        // SAFETY: `ptr` and `cap` come from `into_raw_parts` of an empty vector; its first `len`
+        // bytes (`len <= cap`) were all written by the receive above.
+        Ok(unsafe { KVVec::from_raw_parts(ptr, len, cap) })
+    }
+
     /// The connected peer's address.
     pub(crate) fn peer(&self) -> Result<SockAddr> {
         let (mut ip, mut port) = (0u32, 0u16);

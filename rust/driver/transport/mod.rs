@@ -30,6 +30,9 @@ pub(crate) trait Transport: Send + Sync {
     fn send_more(&self, parts: &[&[u8]], bio: Option<&Bio>, more: bool, stop: &dyn Fn() -> bool) -> Result;
     /// Receives exactly `buf.len()` bytes (only one receiving thread per transport).
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result;
+    /// Receives exactly `len` bytes into a new buffer, a kernel heap allocation the block layer
+    /// can take as it is (not zeroed first).
+    fn recv_vec(&self, len: usize, stop: &dyn Fn() -> bool) -> Result<KVVec<u8>>;
     /// The device's counters (a batch of `n` messages in one send adds `n - 1` itself).
     fn counters(&self) -> &Counters;
     /// Breaks the connection; blocked senders and receivers return at once.
@@ -106,8 +109,7 @@ pub(crate) fn recv_frame(
     let (hlen, plen) = recv_head(t, head, usize::MAX, lim, stop)?;
     let mut payload = KVVec::new();
     if plen > 0 {
-        payload = crate::bindings::noio(|| KVVec::from_elem(0u8, plen, GFP_KERNEL)).map_err(|_| ENOMEM)?;
-        t.recv_exact(&mut payload, stop)?;
+        payload = t.recv_vec(plen, stop)?;
     }
     t.counters().msgs_received.fetch_add(1, Relaxed);
     Ok((hlen, payload))

@@ -19,7 +19,6 @@ pub(crate) struct Tcp {
 }
 
 impl Tcp {
-    /// Wraps a connected socket.
     /// Wraps a connected socket, counting into `counters`.
     pub(crate) fn new(sock: Socket, counters: Arc<Counters>) -> Result<Arc<Tcp>> {
         Arc::pin_init(pin_init!(Tcp { sock, send_lock <- new_mutex!(()), counters }), GFP_KERNEL)
@@ -45,6 +44,10 @@ impl Transport for Tcp {
 
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result {
         self.sock.recv_exact(buf, stop)
+    }
+
+    fn recv_vec(&self, len: usize, stop: &dyn Fn() -> bool) -> Result<KVVec<u8>> {
+        self.sock.recv_vec(len, stop)
     }
 
     fn counters(&self) -> &Counters {

@@ -12,9 +12,15 @@
 //! 2. At most `capacity` writes and `max_bytes` bytes are in flight ([`Wait::Full`]); a single
 //!    write larger than `max_bytes` goes alone.
 //! 3. Anything that depends on the writes before it waits until none is in flight
-//!    ([`InFlight::is_empty`]): a barrier or flush (its ack says they are durable), a write
-//!    with PREFLUSH, a read, the bitmap exchange, and the end of a connection (a later
-//!    connection may resync the same ranges). [`Step::drains`] names them.
+//!    ([`InFlight::is_empty`]): a write with PREFLUSH, a read, the bitmap exchange, and the end
+//!    of a connection (a later connection may resync the same ranges). [`Step::drains`] names
+//!    them.
+//! 4. A barrier (or flush) does not stop the writes after it (DRBD's epochs): it closes the
+//!    current *epoch* ([`InFlight::close_epoch`]), and is answered once every write of that
+//!    epoch and of the epochs before is retired ([`InFlight::ready_epoch`]): then the caller
+//!    flushes and acks it, in the order the barriers came ([`InFlight::pop_epoch`]). Writes of
+//!    later epochs may reach the disk before that flush; the flush only has to cover the
+//!    writes before the barrier.
 //!
 //! A write is retired ([`InFlight::retire`]) only after its ack was sent (or its connection is
 //! gone), so a barrier's ack never overtakes the acks of the writes before it.
@@ -23,18 +29,37 @@
 
 use core::ops::DerefMut;
 
-/// A write in flight: sectors `[start, end)` and its size in bytes.
+/// A write in flight: sectors `[start, end)`, its size in bytes and its epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
     start: u64,
     end: u64,
     bytes: u32,
     used: bool,
+    epoch: u64,
 }
 
 impl Slot {
     /// A free slot, for the caller's storage.
-    pub const FREE: Slot = Slot { start: 0, end: 0, bytes: 0, used: false };
+    pub const FREE: Slot = Slot { start: 0, end: 0, bytes: 0, used: false, epoch: 0 };
+}
+
+/// Closed epochs awaiting their writes at most (a barrier beyond that waits, [`Wait::Full`]).
+pub const MAX_EPOCHS: usize = 16;
+
+/// A barrier received, its epoch closed: answered once the writes before it are retired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epoch {
+    /// The barrier's number (its ack names it).
+    pub nr: u32,
+    /// Whether the barrier asks for a flush.
+    pub flush: bool,
+    /// Writes received in the epoch (the ack reports them).
+    pub writes: u32,
+    /// The caller's tag (the connection the barrier came on).
+    pub tag: u64,
+    /// Writes of the epoch still in flight.
+    pending: u32,
 }
 
 /// Why a write may not start yet.
@@ -55,7 +80,7 @@ pub enum Step {
     Write { preflush: bool },
     /// A resync chunk.
     ResyncData,
-    /// A barrier or flush.
+    /// A barrier or flush: closes an epoch instead of draining (rule 4).
     Barrier,
     /// A forwarded read of a detached primary.
     Read,
@@ -66,7 +91,7 @@ pub enum Step {
 impl Step {
     /// Whether every write in flight must be retired first (rule 3).
     pub fn drains(self) -> bool {
-        !matches!(self, Step::Write { preflush: false } | Step::ResyncData)
+        !matches!(self, Step::Write { preflush: false } | Step::ResyncData | Step::Barrier)
     }
 }
 
@@ -77,13 +102,22 @@ pub struct InFlight<S> {
     count: usize,
     bytes: u64,
     max_bytes: u64,
+    /// The open epoch's number (closed ones are `epoch - nclosed .. epoch`).
+    epoch: u64,
+    /// Writes of the open epoch in flight.
+    open: u32,
+    /// Closed epochs, oldest at `first` (a ring).
+    closed: [Epoch; MAX_EPOCHS],
+    first: usize,
+    nclosed: usize,
 }
 
 impl<S: DerefMut<Target = [Slot]>> InFlight<S> {
     /// Up to `slots.len()` writes and `max_bytes` bytes in flight.
     pub fn new(mut slots: S, max_bytes: u64) -> Self {
         slots.fill(Slot::FREE);
-        Self { slots, count: 0, bytes: 0, max_bytes }
+        let closed = [Epoch::default(); MAX_EPOCHS];
+        Self { slots, count: 0, bytes: 0, max_bytes, epoch: 0, open: 0, closed, first: 0, nclosed: 0 }
     }
 
     /// Writes in flight.
@@ -91,9 +125,9 @@ impl<S: DerefMut<Target = [Slot]>> InFlight<S> {
         self.count
     }
 
-    /// Whether no write is in flight (rule 3 may proceed).
+    /// Whether no write is in flight and no barrier awaits its answer (rule 3 may proceed).
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.count == 0 && self.nclosed == 0
     }
 
     /// Bytes in flight.
@@ -119,7 +153,8 @@ impl<S: DerefMut<Target = [Slot]>> InFlight<S> {
         let fits = self.count == 0 || self.bytes + u64::from(bytes) <= self.max_bytes;
         match free {
             Some(i) if fits => {
-                self.slots[i] = Slot { start, end, bytes, used: true };
+                self.slots[i] = Slot { start, end, bytes, used: true, epoch: self.epoch };
+                self.open += 1;
                 self.count += 1;
                 self.bytes += u64::from(bytes);
                 Ok(i)
@@ -135,11 +170,51 @@ impl<S: DerefMut<Target = [Slot]>> InFlight<S> {
             Some(s) if s.used => {
                 self.bytes -= u64::from(s.bytes);
                 self.count -= 1;
+                let epoch = s.epoch;
                 *s = Slot::FREE;
+                // Its epoch is the open one or a closed one (epochs close only forward).
+                let back = self.epoch.wrapping_sub(epoch);
+                if back == 0 {
+                    self.open = self.open.saturating_sub(1);
+                } else if let Some(k) = (back as usize).checked_sub(1).filter(|&k| k < self.nclosed) {
+                    let i = (self.first + self.nclosed - 1 - k) % MAX_EPOCHS;
+                    self.closed[i].pending = self.closed[i].pending.saturating_sub(1);
+                }
                 true
             }
             _ => false,
         }
+    }
+
+    /// A barrier `nr` came (rule 4): closes the open epoch, whose writes `writes` counts, for
+    /// the caller's `tag`. [`Wait::Full`] when [`MAX_EPOCHS`] are closed already: wait for a
+    /// retirement or an answered barrier.
+    pub fn close_epoch(&mut self, nr: u32, flush: bool, writes: u32, tag: u64) -> Result<(), Wait> {
+        if self.nclosed == MAX_EPOCHS {
+            return Err(Wait::Full);
+        }
+        let i = (self.first + self.nclosed) % MAX_EPOCHS;
+        self.closed[i] = Epoch { nr, flush, writes, tag, pending: self.open };
+        self.nclosed += 1;
+        self.open = 0;
+        self.epoch += 1;
+        Ok(())
+    }
+
+    /// The oldest barrier, if every write before it is retired: flush (if it asks) and answer
+    /// it, then [`InFlight::pop_epoch`].
+    pub fn ready_epoch(&self) -> Option<Epoch> {
+        let e = self.closed[self.first];
+        (self.nclosed > 0 && e.pending == 0).then_some(e)
+    }
+
+    /// Forgets the oldest barrier once answered (or its connection is gone); `None` if it is
+    /// not ready.
+    pub fn pop_epoch(&mut self) -> Option<Epoch> {
+        let e = self.ready_epoch()?;
+        self.first = (self.first + 1) % MAX_EPOCHS;
+        self.nclosed -= 1;
+        Some(e)
     }
 }
 
@@ -191,9 +266,50 @@ mod tests {
     fn dependent_steps_drain() {
         assert!(!Step::Write { preflush: false }.drains());
         assert!(!Step::ResyncData.drains());
-        for s in [Step::Write { preflush: true }, Step::Barrier, Step::Read, Step::Other] {
+        assert!(!Step::Barrier.drains());
+        for s in [Step::Write { preflush: true }, Step::Read, Step::Other] {
             assert!(s.drains());
         }
+    }
+
+    #[test]
+    fn a_barrier_waits_for_its_epoch_only() {
+        let mut f = inflight(8, 1 << 20);
+        let a = f.admit(0, 8, 4096).unwrap();
+        let b = f.admit(8, 8, 4096).unwrap();
+        f.close_epoch(7, true, 2, 1).unwrap();
+        // Writes after the barrier go on.
+        let c = f.admit(16, 8, 4096).unwrap();
+        assert_eq!(f.ready_epoch(), None);
+        assert!(f.retire(c));
+        assert!(f.retire(a));
+        assert_eq!(f.ready_epoch(), None);
+        assert!(!f.is_empty());
+        assert!(f.retire(b));
+        let e = f.ready_epoch().unwrap();
+        assert_eq!((e.nr, e.flush, e.writes, e.tag), (7, true, 2, 1));
+        assert_eq!(f.pop_epoch().map(|e| e.nr), Some(7));
+        assert!(f.is_empty());
+        assert_eq!(f.pop_epoch(), None);
+    }
+
+    #[test]
+    fn barriers_are_answered_in_order_and_bounded() {
+        let mut f = inflight(8, 1 << 20);
+        let a = f.admit(0, 8, 4096).unwrap();
+        f.close_epoch(1, true, 1, 0).unwrap();
+        // An empty epoch behind a pending one is not ready before it.
+        f.close_epoch(2, false, 0, 0).unwrap();
+        assert_eq!(f.ready_epoch(), None);
+        assert!(f.retire(a));
+        assert_eq!(f.pop_epoch().map(|e| e.nr), Some(1));
+        assert_eq!(f.pop_epoch().map(|e| e.nr), Some(2));
+        for nr in 0..MAX_EPOCHS as u32 {
+            f.close_epoch(nr, true, 0, 0).unwrap();
+        }
+        assert_eq!(f.close_epoch(99, true, 0, 0), Err(Wait::Full));
+        assert_eq!(f.pop_epoch().map(|e| e.nr), Some(0));
+        assert!(f.close_epoch(99, true, 0, 0).is_ok());
     }
 
     proptest::proptest! {
@@ -223,6 +339,44 @@ mod tests {
                 proptest::prop_assert_eq!(f.len(), live.len());
                 proptest::prop_assert!(f.len() <= 8);
                 proptest::prop_assert!(f.len() == 1 || f.bytes() <= 16 * 512);
+            }
+        }
+
+        /// Barriers among writes: a barrier is ready exactly when every write admitted before
+        /// it is retired, they are answered in order, and each is answered once.
+        #[test]
+        fn barriers_answer_after_their_writes(ops in proptest::collection::vec((0u8..4, 0usize..64), 1..300)) {
+            let mut f = inflight(8, 1 << 20);
+            // (slot, barriers closed before its admission)
+            let mut live: std::vec::Vec<(usize, u32)> = std::vec::Vec::new();
+            let (mut closed, mut answered, mut next_sector) = (0u32, 0u32, 0u64);
+            for (op, pick) in ops {
+                match op {
+                    0 | 1 => {
+                        if let Ok(slot) = f.admit(next_sector, 8, 4096) {
+                            live.push((slot, closed));
+                            next_sector += 8;
+                        }
+                    }
+                    2 if !live.is_empty() => {
+                        let (slot, _) = live.remove(pick % live.len());
+                        proptest::prop_assert!(f.retire(slot));
+                    }
+                    2 => {}
+                    _ => {
+                        if f.close_epoch(closed, true, 0, 0).is_ok() {
+                            closed += 1;
+                        }
+                    }
+                }
+                // The oldest unanswered barrier is ready iff no write admitted before it lives.
+                let expect = answered < closed && !live.iter().any(|&(_, epoch)| epoch <= answered);
+                proptest::prop_assert_eq!(f.ready_epoch().is_some(), expect);
+                if expect && pick % 2 == 0 {
+                    proptest::prop_assert_eq!(f.pop_epoch().map(|e| e.nr), Some(answered));
+                    answered += 1;
+                }
+                proptest::prop_assert_eq!(f.is_empty(), live.is_empty() && answered == closed);
             }
         }
     }
