@@ -6,7 +6,7 @@
 //! Any message that fails to decode or breaks the protocol
 //! drops the connection before anything is written.
 
-use crate::conn::{frame_buffer, io_reason, MAX_IO_BYTES};
+use crate::conn::{io_reason, LazyBuf, MAX_IO_BYTES};
 use crate::device::Device;
 use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, AckKind, BarrierFlags, Limits, Message, RleApply, WriteFlags};
@@ -18,7 +18,8 @@ use kernel::sync::Arc;
 
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
-    let Some(mut buf) = frame_buffer(dev, MAX_IO_BYTES) else { return };
+    // Only forwarded reads (a detached primary) need it.
+    let mut buf = LazyBuf::new(MAX_IO_BYTES as usize);
     let mut served = 0;
     while let Some((data, meta, generation)) = dev.wait_data(served) {
         served = generation;
@@ -59,7 +60,7 @@ enum Next {
 }
 
 /// Applies the primary's writes until the connection ends; returns why it ended.
-fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, generation: u64, buf: &mut KVVec<u8>)
+fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, generation: u64, buf: &mut LazyBuf)
     -> &'static str {
     let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: MAX_IO_BYTES };
     let stop = || !dev.is_current(generation);
@@ -144,7 +145,7 @@ fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, gen
 /// A message other than a write or resync data, every write before it retired: returns the
 /// reply to send, if any.
 fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u32, u32)>,
-    meta_sock: &dyn Transport, buf: &mut KVVec<u8>, stop: &dyn Fn() -> bool)
+    meta_sock: &dyn Transport, buf: &mut LazyBuf, stop: &dyn Fn() -> bool)
     -> core::result::Result<Option<Message<'static>>, &'static str> {
     Ok(match msg {
         Message::Uuids(u) => {
@@ -177,6 +178,7 @@ fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u3
             if announced.is_some() {
                 return Err("a read request while a large write was announced");
             }
+            let buf = buf.get(dev).ok_or("no memory for a read")?;
             crate::detach::serve_read(dev, meta_sock, sector, sectors, buf, stop)?;
             None
         }

@@ -249,10 +249,8 @@ impl Device {
 
 /// The primary's resync thread.
 pub(crate) fn run(dev: &Arc<Device>) {
-    let Ok(mut buf) = KVVec::from_elem(0u8, MAX_IO_BYTES as usize, GFP_KERNEL) else {
-        pr_err!("{}: no memory for the resync buffer\n", &*dev.cfg.name);
-        return;
-    };
+    // Allocated at the first chunk: most connections resync nothing.
+    let mut buf = crate::conn::LazyBuf::new(MAX_IO_BYTES as usize);
     if dev.resync.lock().pending.reserve(WINDOW, GFP_KERNEL).is_err() {
         pr_err!("{}: no memory for the resync window\n", &*dev.cfg.name);
         return;
@@ -360,8 +358,12 @@ enum Sent {
 
 /// Reads one chunk and sends it (the chunk is in the window, holding `slot`, once pushed).
 fn send_chunk(dev: &Device, link: &dyn Transport, generation: u64, sector: u64, sectors: u32, slot: usize,
-    buf: &mut KVVec<u8>) -> Sent {
+    buf: &mut crate::conn::LazyBuf) -> Sent {
     let len = (sectors as usize) << wire::SECTOR_SHIFT;
+    let Some(buf) = buf.get(dev) else {
+        crate::bindings::thread::sleep_ms(1000);
+        return Sent::NotQueued;
+    };
     if let Err(e) = dev.backing.read_sync(sector, buf, 0..len) {
         pr_err!("{}: resync read of {} sectors at {} failed: error {}\n", &*dev.cfg.name, sectors, sector,
             e.to_errno());
