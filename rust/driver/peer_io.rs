@@ -263,8 +263,8 @@ fn send_batch(l: &dyn Transport, out: &[u8], n: u64, stop: &dyn Fn() -> bool) ->
 }
 
 /// The acker thread (secondary): sends the acks of completed writes and retires them, then
-/// answers the barriers that became ready. Stops
-/// only once asked to (after the receiver, which drains first) with nothing in flight.
+/// answers the barriers that became ready. Stops only once asked to (after the receiver, which
+/// drains first) with nothing in flight.
 pub(crate) fn run(dev: &Arc<Device>) {
     let (Ok(mut batch), Ok(mut out)) = (
         KVec::with_capacity(MAX_WRITES, GFP_KERNEL),

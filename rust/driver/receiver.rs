@@ -3,8 +3,8 @@
 //! the backing device without waiting (`peer_io`: many in flight, acked from their completion)
 //! and acknowledges it as its replication protocol says (C: once durable, B: once received, A:
 //! not at all; barriers: once the writes before them are retired and flushed, by the acker).
-//! Any message that fails to decode or breaks the protocol
-//! drops the connection before anything is written.
+//! Any message that fails to decode or breaks the protocol drops the connection before anything
+//! is written.
 
 use crate::conn::{io_reason, LazyBuf, MAX_IO_BYTES};
 use crate::device::Device;

@@ -107,7 +107,7 @@ fn next_job(dev: &Device, c: &mut Conn) -> Option<Job> {
 }
 
 /// A job picked under the connection lock, with what sending it takes.
-pub(crate) struct Picked {
+struct Picked {
     job: Job,
     link: Option<Arc<dyn Transport>>,
     generation: u64,
@@ -117,7 +117,7 @@ pub(crate) struct Picked {
 
 /// Picks the next job if nobody is sending (the connection locked) and takes the send turn
 /// (`Conn::send_busy`): jobs are sent one at a time, in the order they are picked, by the
-/// sender thread or by a submitter that found it idle ([`Device::send_inline`]).
+/// sender thread or by a submitter that found it idle ([`Device::send_or_wake`]).
 fn pick(dev: &Device, c: &mut Conn) -> Option<Picked> {
     if c.send_busy {
         return None;
@@ -169,16 +169,21 @@ fn pending(dev: &Device, c: &Conn) -> bool {
 
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
+    // Whether this thread holds the send turn (taken for its previous job): only then may it
+    // give the turn back, never while a submitter holds it.
+    let mut held = false;
     loop {
         let picked = {
             let mut c = dev.conn.lock();
-            // The turn taken for the previous job is given back here.
-            c.send_busy = false;
+            if core::mem::take(&mut held) {
+                c.send_busy = false;
+            }
             loop {
                 if c.stopping {
                     return;
                 }
                 if let Some(p) = pick(dev, &mut c) {
+                    held = true;
                     break p;
                 }
                 let _ = dev.work.wait_interruptible_timeout(&mut c, kernel::time::msecs_to_jiffies(1000));
