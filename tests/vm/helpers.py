@@ -309,6 +309,8 @@ def verify(vm, dev, logs, offset_mib, size_mib, prefix=False):
     assert rc in (0, 1), f"{vm.name}: rmirror-check verify failed to run ({rc}): {out}{err}"
     res = json.loads(out.strip().splitlines()[-1])
     res["rc"], res["problems"] = rc, err
+    # In full in the report of a failed test (an assertion's message is shortened).
+    print(f"{vm.name}: rmirror-check verify {dev} {args}: rc {rc}, {json.dumps(res)}")
     return res
 
 
@@ -319,11 +321,13 @@ def copy_file(src, dst, path):
 
 
 def wait_in_sync(vm, timeout=180):
-    """Wait until `vm` reports nothing out of sync and replication established; returns its status."""
+    """Wait until `vm` reports nothing out of sync, nothing left in its outage queue (a replay sends it
+    after probation, with replication already established) and replication established; returns its
+    status."""
     deadline = time.monotonic() + timeout
     while True:
         st = status(vm)
-        if st["out_of_sync"] == 0 and st["repl"] == "established":
+        if st["out_of_sync"] == 0 and st["queued"] == 0 and st["repl"] == "established":
             return st
         assert time.monotonic() < deadline, f"{vm.name}: not in sync after {timeout}s: {st}"
         time.sleep(0.3)
