@@ -43,6 +43,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,9 +100,9 @@ RATIOS = [("rmirror-C", "raw"), ("rmirror-B", "raw"), ("rmirror-A", "raw"), ("rm
 TOPOLOGIES = ["two-vm", "one-vm"]
 
 #: Full run and smoke run settings.
-FULL = {"runtime": 10, "ramp": 2, "region_mib": 256, "disk_mib": 512, "ping": 20, "iperf": 5, "packets": 5,
+FULL = {"rounds": 1, "runtime": 10, "ramp": 2, "region_mib": 256, "disk_mib": 512, "ping": 20, "iperf": 5, "packets": 5,
         "link_end": True, "jobs": list(JOBS), "configs": CONFIGS, "topologies": TOPOLOGIES}
-SMOKE = {"runtime": 1, "ramp": 0, "region_mib": 32, "disk_mib": 128, "ping": 5, "iperf": 1, "packets": 0,
+SMOKE = {"rounds": 1, "runtime": 1, "ramp": 0, "region_mib": 32, "disk_mib": 128, "ping": 5, "iperf": 1, "packets": 0,
          "link_end": False, "jobs": ["qd1", "seq1m"], "configs": ["raw", "rmirror-C", "drbd-C"],
          "topologies": ["one-vm"]}
 
@@ -343,6 +344,10 @@ def fio_jobfile(dev, jobs, runtime, ramp, region_mib):
     for name, job in jobs.items():
         lines += ["", f"[{name}]", "stonewall"] + [f"{k}={v}" for k, v in job.items()]
     return "\n".join(lines) + "\n"
+
+
+#: The figures fio_figures returns (each is a number; a median over rounds is taken of each).
+FIGURES = ("iops", "mbs", "ios", "clat_mean_us", "clat_p99_us", "errors")
 
 
 def fio_figures(group):
@@ -627,22 +632,33 @@ def run_topology(topo_cls, args, s, payload, drbd_modules):
         log(f"{topo.name}: link RTT {res['link']['rtt_ms']:.3f} ms, TCP {res['link']['tcp_mbs']:.1f} MB/s")
         cfg = Configs(topo)
         jobs = {j: JOBS[j] for j in s["jobs"]}
-        for config in s["configs"]:
-            c0 = time.monotonic()
-            dev = cfg.up(config)
-            figs = run_fio(topo.pri.vm, dev, jobs, s["runtime"], s["ramp"], s["region_mib"])
-            res["configs"][config] = {j: figs[j] for j in jobs}
-            if topo.name == "two-vm" and s["packets"] and config in ("rmirror-C", "drbd-C"):
-                res["packets"][config] = count_packets(topo, dev, s)
-            if s["packets"] and config in ("rmirror-C", "drbd-C"):
-                res.setdefault("disk_requests", {})[config] = count_disk_requests(topo, dev, s)
-            if args.profile:
-                text = profile(topo, dev, args.profile, s)
-                res.setdefault("profiles", {})[config] = text
-                with open(os.path.join(args.out, f"profile-{topo.name}-{config}-{args.profile}.txt"), "w") as f:
-                    f.write(text)
-            log(f"{topo.name}: {config} on {dev} done in {time.monotonic() - c0:.0f}s: "
-                + ", ".join(f"{k} {figs[j][f]:.1f}{u}" for k, j, f, _, u, _ in METRICS if j in jobs))
+        rounds = []
+        for rnd in range(s["rounds"]):
+            # Rounds interleave the configurations, so that a slow spell of the shared host falls on all
+            # of them; the counts and profiles are taken in the first round only.
+            first = rnd == 0
+            rounds.append({})
+            for config in s["configs"]:
+                c0 = time.monotonic()
+                dev = cfg.up(config)
+                figs = run_fio(topo.pri.vm, dev, jobs, s["runtime"], s["ramp"], s["region_mib"])
+                rounds[-1][config] = {j: figs[j] for j in jobs}
+                if first and topo.name == "two-vm" and s["packets"] and config in ("rmirror-C", "drbd-C"):
+                    res["packets"][config] = count_packets(topo, dev, s)
+                if first and s["packets"] and config in ("rmirror-C", "drbd-C"):
+                    res.setdefault("disk_requests", {})[config] = count_disk_requests(topo, dev, s)
+                if first and args.profile:
+                    text = profile(topo, dev, args.profile, s)
+                    res.setdefault("profiles", {})[config] = text
+                    with open(os.path.join(args.out, f"profile-{topo.name}-{config}-{args.profile}.txt"),
+                              "w") as f:
+                        f.write(text)
+                tag = f" (round {rnd + 1}/{s['rounds']})" if s["rounds"] > 1 else ""
+                log(f"{topo.name}: {config} on {dev}{tag} done in {time.monotonic() - c0:.0f}s: "
+                    + ", ".join(f"{k} {figs[j][f]:.1f}{u}" for k, j, f, _, u, _ in METRICS if j in jobs))
+            res["configs"] = median_configs(rounds)
+            if s["rounds"] > 1:
+                res["rounds"] = rounds
         cfg.down()
         if s["link_end"]:
             # the link once more: on a shared host its figures move, and this shows by how much
@@ -659,11 +675,39 @@ def run_topology(topo_cls, args, s, payload, drbd_modules):
     return res
 
 
+def median_configs(rounds):
+    """{config: {job: figures}} whose every figure is the median of that figure over `rounds` (a list of
+    such dicts, one per round; a configuration counts in the rounds that measured it)."""
+    out = {}
+    for config in dict.fromkeys(c for r in rounds for c in r):
+        runs = [r[config] for r in rounds if config in r]
+        out[config] = {j: {f: statistics.median(run[j][f] for run in runs) for f in FIGURES}
+                       for j in runs[0]}
+    return out
+
+
 def metric_values(res):
     """{config: {metric key: value}} of one topology's results."""
+    return metric_values_of(res["configs"])
+
+
+def metric_values_of(configs):
     out = {}
-    for config, jobs in res["configs"].items():
+    for config, jobs in configs.items():
         out[config] = {k: jobs[j][f] for k, j, f, _, _, _ in METRICS if j in jobs}
+    return out
+
+
+def ratio_spread(res):
+    """{"a/b": {metric: (lowest, highest)}}: each ratio computed within each round (both configurations
+    measured minutes apart), its range over the rounds; empty for a single round."""
+    per = [ratios(metric_values_of(r)) for r in res.get("rounds", [])]
+    out = {}
+    for rat in per:
+        for h, ms in rat.items():
+            for k, v in ms.items():
+                lo, hi = out.setdefault(h, {}).get(k, (v, v))
+                out[h][k] = (min(lo, v), max(hi, v))
     return out
 
 
@@ -727,7 +771,8 @@ def table(doc):
             lines.append(f"   FAILED: {res['error'].splitlines()[0]}")
         lines.append("")
         w = 31
-        lines.append(f"{'figure':{w}}" + "".join(f"{SHORT[c]:>9}" for c in configs))
+        med = f" (median of {len(res['rounds'])} rounds)" if res.get("rounds") else ""
+        lines.append(f"{'figure' + med:{w}}" + "".join(f"{SHORT[c]:>9}" for c in configs))
         for k, j, f, label, unit, _ in METRICS:
             if any(k in vals[c] for c in configs):
                 lines.append(f"{label + ' (' + unit + ')':{w}}" + "".join(f"{fmt(vals[c].get(k)):>9}" for c in configs))
@@ -739,6 +784,18 @@ def table(doc):
             for k, j, f, label, unit, _ in METRICS:
                 if any(k in rat[h] for h in heads):
                     lines.append(f"{label:{w}}" + "".join(f"{fmt(rat[h].get(k)):>14}" for h in heads))
+            spread = ratio_spread(res)
+            if spread:
+                n = len(res["rounds"])
+                lines += ["", f"{'each round (' + str(n) + '): low-high':{w}}" + "".join(
+                    f"{SHORT[h.split('/')[0]] + '/' + SHORT[h.split('/')[1]]:>14}" for h in heads)]
+                for k, j, f, label, unit, _ in METRICS:
+                    if any(k in spread.get(h, {}) for h in heads):
+                        cells = []
+                        for h in heads:
+                            lo_hi = spread.get(h, {}).get(k)
+                            cells.append(f"{fmt(lo_hi[0]) + '-' + fmt(lo_hi[1]) if lo_hi else '-':>14}")
+                        lines.append(f"{label:{w}}" + "".join(cells))
         if res.get("disk_requests"):
             lines += ["", f"{'per write (4k QD32), disk reqs':{w}}{'pri wr':>9}{'pri fl':>9}{'sec wr':>9}{'sec fl':>9}"
                       f"{'writes':>8}"]
@@ -860,9 +917,11 @@ def drbd_modules(kdir):
 
 def cmd_run(args):
     s = dict(SMOKE if args.smoke else FULL)
-    for key in ("runtime", "ramp"):
+    for key in ("runtime", "ramp", "rounds"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
+    if s["rounds"] < 1:
+        sys.exit("bench.py: --rounds must be at least 1")
     if args.topology:
         s["topologies"] = args.topology.split(",")
     if args.configs:
@@ -889,7 +948,8 @@ def cmd_run(args):
     t0 = time.monotonic()
     doc = {"version": 1, "kind": "smoke" if args.smoke else "full",
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "settings": {k: s[k] for k in ("runtime", "ramp", "region_mib", "disk_mib", "jobs", "configs")},
+           "settings": {k: s[k] for k in ("rounds", "runtime", "ramp", "region_mib", "disk_mib", "jobs",
+                                            "configs")},
            "jobs": {j: JOBS[j] for j in s["jobs"]}, "al_extents": AL_EXTENTS,
            "qemu": subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE,
                                   text=True).stdout.splitlines()[0],
@@ -997,6 +1057,8 @@ def main():
     r.add_argument("--smoke", action="store_true", help="the short version make check runs")
     r.add_argument("--out", default=os.path.join(vmlib.TOP, "bench-results"))
     r.add_argument("--runtime", type=int, help="seconds per fio job (full: 10, smoke: 1)")
+    r.add_argument("--rounds", type=int, help="run every configuration's jobs this many times, interleaved; "
+                   "figures are medians, and the table adds each ratio's range over the rounds (default 1)")
     r.add_argument("--ramp", type=int, help="fio ramp_time per job, seconds (full: 2, smoke: 0)")
     r.add_argument("--topology", help=f"comma-separated subset of {','.join(TOPOLOGIES)}")
     r.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)}")
