@@ -346,10 +346,6 @@ def fio_jobfile(dev, jobs, runtime, ramp, region_mib):
     return "\n".join(lines) + "\n"
 
 
-#: The figures fio_figures returns (each is a number; a median over rounds is taken of each).
-FIGURES = ("iops", "mbs", "ios", "clat_mean_us", "clat_p99_us", "errors")
-
-
 def fio_figures(group):
     """The figures of one fio JSON job entry (a reporting group): of its writes, or of its reads."""
     side = group["write"] if group["write"]["total_ios"] > 0 else group["read"]
@@ -681,8 +677,8 @@ def median_configs(rounds):
     out = {}
     for config in dict.fromkeys(c for r in rounds for c in r):
         runs = [r[config] for r in rounds if config in r]
-        out[config] = {j: {f: statistics.median(run[j][f] for run in runs) for f in FIGURES}
-                       for j in runs[0]}
+        out[config] = {j: {f: statistics.median(run[j][f] for run in runs) for f in figs}
+                       for j, figs in runs[0].items()}
     return out
 
 
@@ -779,16 +775,15 @@ def table(doc):
         rat = ratios(vals)
         if rat:
             heads = list(rat)
-            lines += ["", f"{'ratio (latency: lower is better)':{w}}" + "".join(
-                f"{SHORT[h.split('/')[0]] + '/' + SHORT[h.split('/')[1]]:>14}" for h in heads)]
+            head_cells = "".join(f"{SHORT[h.split('/')[0]] + '/' + SHORT[h.split('/')[1]]:>14}" for h in heads)
+            lines += ["", f"{'ratio (latency: lower is better)':{w}}" + head_cells]
             for k, j, f, label, unit, _ in METRICS:
                 if any(k in rat[h] for h in heads):
                     lines.append(f"{label:{w}}" + "".join(f"{fmt(rat[h].get(k)):>14}" for h in heads))
             spread = ratio_spread(res)
             if spread:
                 n = len(res["rounds"])
-                lines += ["", f"{'each round (' + str(n) + '): low-high':{w}}" + "".join(
-                    f"{SHORT[h.split('/')[0]] + '/' + SHORT[h.split('/')[1]]:>14}" for h in heads)]
+                lines += ["", f"{'each round (' + str(n) + '): low-high':{w}}" + head_cells]
                 for k, j, f, label, unit, _ in METRICS:
                     if any(k in spread.get(h, {}) for h in heads):
                         cells = []

@@ -320,16 +320,16 @@ def copy_file(src, dst, path):
     dst.ok(f"echo {blob} | base64 -d > {path}")
 
 
-def wait_in_sync(vm, timeout=180):
-    """Wait until `vm` reports nothing out of sync, nothing left in its outage queue (a replay sends it
-    after probation, with replication already established) and replication established; returns its
-    status."""
+def wait_in_sync(vm, timeout=180, name="r0"):
+    """Wait until device `name` of `vm` reports nothing out of sync, nothing left in its outage queue (a
+    replay sends it after probation, with replication already established) and replication established;
+    returns its status."""
     deadline = time.monotonic() + timeout
     while True:
-        st = status(vm)
+        st = status(vm, name)
         if st["out_of_sync"] == 0 and st["queued"] == 0 and st["repl"] == "established":
             return st
-        assert time.monotonic() < deadline, f"{vm.name}: not in sync after {timeout}s: {st}"
+        assert time.monotonic() < deadline, f"{vm.name}: {name} not in sync after {timeout}s: {st}"
         time.sleep(0.3)
 
 

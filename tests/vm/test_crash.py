@@ -491,13 +491,7 @@ def test_both_directions_at_once_then_power_loss(pair):
     t0 = time.monotonic()
     resynced = {}
     for name in ("r0", "r1"):
-        deadline = time.monotonic() + 300
-        while True:
-            st = status(a, name)
-            if st["out_of_sync"] == 0 and st["repl"] == "established" and st["queued"] == 0:
-                break
-            assert time.monotonic() < deadline, st
-            time.sleep(1)
+        st = wait_in_sync(a, timeout=300, name=name)
         resynced[name] = st["resynced"] + st["replayed"]
     print(f"beta rebooted in {boot:.1f}s and rejoined both as secondary in {time.monotonic() - t0:.1f}s: "
           f"r0 resynced {resynced['r0'] * 512} bytes, r1 {resynced['r1']} (sectors resynced + writes replayed)")
