@@ -140,10 +140,16 @@ def clean_pair(pair):
     `pytestmark = pytest.mark.usefixtures("clean_pair")`). The reset after a test is done by _log_check,
     in the same guest command as its end marker, and fails the test if the module cannot be unloaded; it
     is what the next test starts from, so the reset before a test runs only when that one did not
-    complete (or the pair is new to the module)."""
+    complete (or the pair is new to the module). After a failed test the backing disks are zeroed again
+    too, as for a new module, so what it left behind cannot fail the next one."""
     from helpers import reset_pair
     if not getattr(pair, "clean", False):
         reset_pair(pair)
+    if getattr(pair, "failed", False):
+        # The test before failed: whatever it left on the disks (a detached disk never pulled back, a
+        # resync cut short) must not fail this one, whose tests may declare the two disks in sync.
+        pair.wipe_disks()
+        pair.failed = False
     pair.clean = False
     yield
 
@@ -216,6 +222,7 @@ def pytest_runtest_makereport(item, call):
     p = item.funcargs.get("pair") if hasattr(item, "funcargs") else None
     if not rep.failed or p is None:
         return
+    p.failed = True
     for name, vm in p.vms.items():
         text = vm.dmesg()
         mark = text.rfind(f"rmirror-test: start {item.nodeid}")

@@ -82,36 +82,49 @@ def test_silent_peer_detected_on_both_sides_and_writes_resume(pair):
 
 
 def test_flapping_link_holds_replication_on_probation(pair):
-    """Cut the link for 3 s every 5 s, four times: each cut is an outage, and no reconnection in between
-    may pass probation (4 s), so replication resumes only after the link is stable; attempts to connect
+    """Cut the link for 3 s every 4 s, four times: each cut is an outage, and no reconnection in between
+    may pass probation (5 s), so replication resumes only after the link is stable; attempts to connect
     are paced by connect_retry (no storm); afterwards every write acknowledged during the flapping is on
-    beta (rmirror-check)."""
+    beta (rmirror-check). The flapping runs inside alpha (its rules drop both directions), so the host's
+    pace of commands cannot stretch an up-window; an iptables command alone takes up to a second under
+    TCG, hence the margin between the 1 s the link is meant to be up and the probation."""
     a, b = pair.alpha, pair.beta
-    timers = "ping_interval=500 timeout=1500 probation=4000 connect_retry=500"
+    probation = 5.0
+    timers = f"ping_interval=500 timeout=1500 probation={probation * 1000:.0f} connect_retry=500"
     connect_pair(pair, opts=timers)
     background(a, f"{CHECK} write /dev/rmirror0 --log /tmp/c.log --size 16M --jobs 2 --seconds 30 "
                   f"--rate-per-sec 30 --seed 3", "check")
     before = status(a)
     t0 = klog_marker(a, "rmirror-test: flapping")
-    for _ in range(4):
-        pair.each(lambda vm: cut(vm, IP[PEER[vm.name]]))
-        a.ok("sleep 3")
-        pair.each(heal)
-        a.ok("sleep 2")
-    t_stable = klog_marker(a, "rmirror-test: stable")
+    peer = IP["beta"]
+    background(a, f"for i in 1 2 3 4; do "
+                  f"iptables -A INPUT -s {peer} -j DROP && iptables -A OUTPUT -d {peer} -j DROP && "
+                  f"echo 'rmirror-test: flap cut' > /dev/kmsg; sleep 3; "
+                  f"iptables -F && echo 'rmirror-test: flap heal' > /dev/kmsg; "
+                  f"[ $i = 4 ] || sleep 1; done", "flap")
+    rc, out = wait_background(a, "flap", 120)
+    assert rc == 0, out
     st = wait_cstate(a, "connected", timeout=60)
     rc, out = wait_background(a, "check", 300)
     assert rc == 0, out
     lines = klog(a, "rmirror-test: flapping")
+    cuts = [t for t, line in lines if "rmirror-test: flap cut" in line]
+    heals = [t for t, line in lines if "rmirror-test: flap heal" in line]
+    assert len(cuts) == len(heals) == 4, lines
+    t_stable = heals[-1]
+    # The schedule itself held: every up-window between two cuts was shorter than the probation.
+    windows = [c - h for h, c in zip(heals, cuts[1:])]
+    assert all(w < probation - 0.5 for w in windows), f"the flapping schedule slipped: up-windows {windows}"
     passed = [t for t, line in lines if "probation passed" in line]
     connected = [t for t, line in lines if "connected to" in line]
     attempts = st["connect_attempts"] - before["connect_attempts"]
     elapsed = (passed[-1] if passed else t_stable) - t0
     print(f"connections {len(connected)}, probation passed at {[round(t - t0, 1) for t in passed]} s, "
+          f"cuts at {[round(t - t0, 1) for t in cuts]} s, heals at {[round(t - t0, 1) for t in heals]} s, "
           f"{attempts} connect attempts in {elapsed:.1f}s, status {st}")
-    assert passed and all(t >= t_stable - 0.5 for t in passed), \
+    assert passed and all(t >= t_stable for t in passed), \
         f"probation passed while the link was flapping: {lines}"
-    assert passed[0] - max(t for t in connected if t <= passed[0]) >= 4.0 - 0.2, lines
+    assert passed[0] - max(t for t in connected if t <= passed[0]) >= probation - 0.2, lines
     # One attempt per connect_retry at most (plus the immediate retry after each loss).
     assert attempts <= elapsed / 0.5 + 8, f"{attempts} connect attempts in {elapsed:.1f}s"
     assert st["timeouts"] - before["timeouts"] >= 1, st
