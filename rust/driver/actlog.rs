@@ -61,9 +61,21 @@ pub(crate) struct Al {
     resizing: bool,
     /// Transactions that failed: a write waiting for a transaction fails when this changes.
     failures: u64,
+    /// After a failed transaction, `stats.waited` then: the next is tried only for a write
+    /// that waits after the failure (`on_io_error=pass_on` keeps a failing disk in use, and
+    /// what the transaction held stays queued), never in a loop.
+    failed_waited: Option<u64>,
     /// The device is being removed: writes waiting for a transaction fail.
     pub(crate) stopped: bool,
     pub(crate) stats: Stats,
+}
+
+impl Al {
+    /// A transaction is due: writes wait for one, none is in flight, and none failed since
+    /// the last write began to wait (see `failed_waited`).
+    pub(crate) fn due(&self) -> bool {
+        self.log.needs_transaction() && self.failed_waited.is_none_or(|w| self.stats.waited != w)
+    }
 }
 
 /// Most extents one transaction can retire.
@@ -123,7 +135,7 @@ pub(crate) fn recover(md: &mut Md, backing: &crate::bindings::bdev::BackingDev, 
         pr_err!("activity log: {}\n", e.as_str());
         EINVAL
     })?;
-    Ok((Al { log, resizing: false, failures: 0, stopped: false, stats: Stats::default() }, r))
+    Ok((Al { log, resizing: false, failures: 0, failed_waited: None, stopped: false, stats: Stats::default() }, r))
 }
 
 impl Device {
@@ -186,9 +198,10 @@ impl Device {
                 a.stats.wait_us = a.stats.wait_us.saturating_add(us);
                 return Ok(true);
             }
-            if a.failures != failures || a.stopped {
-                // The transaction this write waited for failed, or the device goes away: give the
-                // references back and fail the write.
+            if a.failures != failures || a.stopped || self.disk() == crate::detach::DETACHED {
+                // The transaction this write waited for failed, the disk was detached meanwhile
+                // (no transaction is written any more; the caller goes on without the disk), or
+                // the device goes away: give the references back and fail the write.
                 let _ = a.log.end_write(sector, sectors);
                 drop(g);
                 self.al_cv.notify_all();
@@ -217,9 +230,10 @@ impl Device {
         self.al_cv.notify_all();
     }
 
-    /// Whether a transaction is due (writes wait for one and none is in flight).
+    /// Whether a transaction is due ([`Al::due`]). Never while the disk is detached: nothing is written to a failed disk (activations queued when it failed
+    /// stay queued, and are written once it is attached again).
     pub(crate) fn al_due(&self) -> bool {
-        (*self.al.lock()).as_ref().is_some_and(|a| a.log.needs_transaction())
+        self.disk() != crate::detach::DETACHED && (*self.al.lock()).as_ref().is_some_and(Al::due)
     }
 
     /// Writes the next transaction if one is due and none is in flight. Only from the metadata
@@ -233,6 +247,11 @@ impl Device {
         }
         let res = self.al_write_next(md);
         drop(guard);
+        if res.is_err() && self.detaches() && self.role() == crate::device::Role::Primary {
+            // Here, before the waiting writes see the failure: no second transaction is tried
+            // on the failed disk meanwhile (`al_due` is false from now on).
+            self.detach("an activity log write failed");
+        }
         self.al_cv.notify_all();
         res
     }
@@ -269,11 +288,13 @@ impl Device {
         if let Some(a) = (*self.al.lock()).as_mut() {
             if res.is_ok() {
                 let _ = a.log.commit(tr);
+                a.failed_waited = None;
                 a.stats.transactions += 1;
                 a.stats.retired += n as u64;
             } else {
                 let _ = a.log.abort(tr);
                 a.failures += 1;
+                a.failed_waited = Some(a.stats.waited);
             }
         }
         if let Err(e) = &res {

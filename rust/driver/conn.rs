@@ -260,7 +260,7 @@ impl Device {
         }
         let meta: Arc<dyn Transport> = Socket::connect(self.cfg.peer)
             .and_then(|s| Tcp::new(s, self.counters.clone())).map_err(|_| fail("cannot connect the meta socket"))?;
-        meta.set_tick_ms(META_TICK_MS);
+        meta.set_meta(META_TICK_MS);
         send_msg(&*meta, &Message::Handshake(self.our_handshake(Channel::Meta)), &stop)
             .map_err(|_| fail("cannot send the meta handshake"))?;
         let peer = self.recv_handshake(&*meta, buf).map_err(fail)?;
@@ -498,7 +498,7 @@ fn accept_one(dev: &Device, link: Arc<dyn Transport>, buf: &mut [u8], rle: &mut 
                     _ => return Err("a meta socket without a data socket"),
                 }
             };
-            link.set_tick_ms(META_TICK_MS);
+            link.set_meta(META_TICK_MS);
             if send_msg(&*link, &Message::Handshake(dev.our_handshake(Channel::Meta)), &stop).is_err() {
                 dev.connection_lost(generation, "cannot send the meta handshake");
                 return Ok(());

@@ -12,8 +12,9 @@
 //!   be a sync source again (`rcore::state::resync::Uuids::peer_detached`).
 //! - **Detached.** Writes go to the peer only (no activity log, no local I/O) and mark their
 //!   range stale; reads are forwarded: a `ResyncRequest` on the data socket, answered in
-//!   order by a `ResyncReply` (or `ResyncNegative`) on the meta socket, whose data is copied
-//!   into the bio. A read is forwarded only while replicating with nothing left to replay
+//!   order by a `ResyncReply` (or `ResyncNegative`) on the same socket (bulk data never
+//!   goes on the meta socket, where it would hold back heartbeats and acks), whose data the
+//!   primary's reply thread copies into the bio. A read is forwarded only while replicating with nothing left to replay
 //!   (every write completed before it was submitted is then applied at the peer before the
 //!   request, which follows it on the same socket); reads of regions the peer lacks, and any
 //!   I/O without a connection, fail with `EIO`: neither side can serve them. No metadata is
@@ -31,9 +32,10 @@ use crate::conn::MAX_IO_BYTES;
 use crate::device::{Conn, Device};
 use crate::rcore::table::OnIoError;
 use crate::rcore::wire;
-use crate::transport::Transport;
+use crate::transport::{RecvError, Transport};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 /// The disk is in use (the normal state).
 pub(crate) const ATTACHED: u8 = 0;
@@ -95,6 +97,10 @@ impl Device {
         self.work.notify_all();
         self.link_changed.notify_all();
         self.resync_cv.notify_all();
+        // Writes waiting for an activity log transaction stop waiting (none is written now). The
+        // lock orders this wake-up after a waiter's check of the disk state.
+        drop(self.al.lock());
+        self.al_cv.notify_all();
     }
 
     /// Marks `len` bytes at `sector` as missing from our disk (any context).
@@ -360,13 +366,14 @@ pub(crate) fn send_read(link: &dyn Transport, sector: u64, sectors: u32, stop: &
     crate::transport::send_msg(link, &wire::Message::ResyncRequest { sector, sectors }, stop)
 }
 
-/// The secondary's answer to a forwarded read: the data from its disk, or a negative reply.
-pub(crate) fn serve_read(dev: &Device, meta: &dyn Transport, sector: u64, sectors: u32, buf: &mut KVVec<u8>,
+/// The secondary's answer to a forwarded read, on the data socket (`link`): the data from its
+/// disk, or a negative reply.
+pub(crate) fn serve_read(dev: &Device, link: &dyn Transport, sector: u64, sectors: u32, buf: &mut KVVec<u8>,
     stop: &dyn Fn() -> bool) -> core::result::Result<(), &'static str> {
     let len = (sectors as usize) << wire::SECTOR_SHIFT;
     if dev.inconsistent() || dev.bitmap.lock().test_range(sector, u64::from(sectors)).unwrap_or(true) {
         // We may lack it ourselves (a sync target).
-        return crate::transport::send_msg(meta, &wire::Message::ResyncNegative { sector, sectors }, stop)
+        return crate::transport::send_msg(link, &wire::Message::ResyncNegative { sector, sectors }, stop)
             .map_err(|_| "cannot send a read reply");
     }
     let msg = match dev.backing.read_sync(sector, buf, 0..len) {
@@ -377,5 +384,48 @@ pub(crate) fn serve_read(dev: &Device, meta: &dyn Transport, sector: u64, sector
             wire::Message::ResyncNegative { sector, sectors }
         }
     };
-    crate::transport::send_msg(meta, &msg, stop).map_err(|_| "cannot send a read reply")
+    crate::transport::send_msg(link, &msg, stop).map_err(|_| "cannot send a read reply")
+}
+
+/// Body of the primary's `rmirror<N>_reply` thread: receives the secondary's answers to
+/// forwarded reads on the data socket of each connection, in the order of the requests, and
+/// completes the reads with them. Anything else on that socket ends the connection.
+pub(crate) fn replies(dev: &Arc<Device>) {
+    // Allocated at the first reply: only a detached disk needs it.
+    let mut buf = crate::conn::LazyBuf::new(crate::transport::max_frame(MAX_IO_BYTES));
+    let mut served = 0;
+    while let Some((data, _meta, generation)) = dev.wait_data(served) {
+        served = generation;
+        let why = serve_replies(dev, &*data, generation, &mut buf);
+        dev.connection_lost(generation, why);
+    }
+}
+
+/// Receives read replies on `data` until connection `generation` ends; returns why it ended.
+fn serve_replies(dev: &Device, data: &dyn Transport, generation: u64, buf: &mut crate::conn::LazyBuf)
+    -> &'static str {
+    let lim = wire::Limits { dev_sectors: dev.cfg.sectors, max_payload: MAX_IO_BYTES };
+    let stop = || !dev.is_current(generation);
+    let mut head = [0u8; wire::PREAMBLE_LEN];
+    loop {
+        // Nothing comes on this socket unless reads are forwarded: the buffer is needed once a
+        // frame's preamble is in.
+        if let Err(e) = data.recv_exact(&mut head, &stop) {
+            return crate::conn::io_reason(e);
+        }
+        let Some(buf) = buf.get(dev) else { return "no memory for a read reply" };
+        let r = match crate::transport::recv_msg_after(data, &head, buf, &lim, &stop) {
+            Err(RecvError::Protocol(e)) => Err(e.as_str()),
+            Err(RecvError::Io(e)) => Err(crate::conn::io_reason(e)),
+            Ok(wire::Message::ResyncReply { sector, sectors, data }) => {
+                dev.read_reply(generation, sector, sectors, Some(data))
+            }
+            Ok(wire::Message::ResyncNegative { sector, sectors }) => dev.read_reply(generation, sector, sectors, None),
+            Ok(wire::Message::Disconnect { .. }) => Err("the peer disconnected"),
+            Ok(_) => Err("unexpected message on the data socket"),
+        };
+        if let Err(why) = r {
+            return why;
+        }
+    }
 }

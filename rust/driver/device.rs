@@ -339,6 +339,7 @@ fn start_threads(dev: &Arc<Device>, threads: &mut KVec<Thread>, listener: Option
                 GFP_KERNEL)?;
             threads.push(Thread::start(&thread_name(i, "send")?, dev.clone(), crate::sender::run)?, GFP_KERNEL)?;
             threads.push(Thread::start(&thread_name(i, "sync")?, dev.clone(), crate::resync::run)?, GFP_KERNEL)?;
+            threads.push(Thread::start(&thread_name(i, "reply")?, dev.clone(), crate::detach::replies)?, GFP_KERNEL)?;
         }
         Role::Secondary => {
             let l = match listener {

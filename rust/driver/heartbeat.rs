@@ -26,7 +26,7 @@ use kernel::sync::{Arc, MutexGuard};
 
 /// Thread body.
 pub(crate) fn run(dev: &Arc<Device>) {
-    // The largest meta frames: a bitmap chunk, or the data of a forwarded read (primary).
+    // The largest meta frame: a chunk of the secondary's bitmap.
     let Some(mut buf) = crate::conn::frame_buffer(dev, meta_payload_max()) else { return };
     let mut served = 0;
     while let Some((meta, generation)) = dev.wait_complete(served) {
@@ -255,15 +255,15 @@ impl Device {
     }
 }
 
-/// The largest payload on the meta socket: the secondary's bitmap chunks, the data of a
-/// forwarded read.
+/// The largest payload on the meta socket: the secondary's bitmap chunks.
 fn meta_payload_max() -> u32 {
-    (crate::resync::RLE_CHUNK as u32).max(crate::conn::MAX_IO_BYTES)
+    crate::resync::RLE_CHUNK as u32
 }
 
 /// Serves the meta socket of connection `generation` until it ends; returns why it ended.
 fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) -> &'static str {
-    // The secondary's bitmap comes on this socket too, and the data of forwarded reads.
+    // The secondary's bitmap comes on this socket too (bulk data never does: the replies to
+    // forwarded reads come on the data socket, see `detach::replies`).
     let lim = Limits { dev_sectors: dev.cfg.sectors, max_payload: meta_payload_max() };
     let why = Cell::new(None);
     let poll = || {
@@ -299,10 +299,6 @@ fn serve(dev: &Device, meta: &dyn Transport, generation: u64, buf: &mut [u8]) ->
             Ok(Message::Bitmap { offset, bits, last, rle }) if primary => {
                 dev.peer_bitmap(generation, offset, bits, last, rle)
             }
-            Ok(Message::ResyncReply { sector, sectors, data }) if primary => {
-                dev.read_reply(generation, sector, sectors, Some(data))
-            }
-            Ok(Message::ResyncNegative { sector, sectors }) if primary => dev.read_reply(generation, sector, sectors, None),
             Ok(Message::InSync { current }) if primary => {
                 dev.traffic(generation);
                 dev.peer_in_sync(generation, current);

@@ -295,7 +295,8 @@ pub(crate) fn run(dev: &Arc<Device>) {
         }
         let left = u64::from(WRITEBACK_MS).saturating_sub(dev.now_ms().saturating_sub(last)).max(1);
         let mut g = dev.al.lock();
-        if !(*g).as_ref().is_some_and(|a| a.log.needs_transaction() || a.stopped) {
+        let detached = dev.disk() == crate::detach::DETACHED;
+        if !(*g).as_ref().is_some_and(|a| (a.due() && !detached) || a.stopped) {
             let _ = dev.md_work.wait_interruptible_timeout(&mut g, kernel::time::msecs_to_jiffies(left as u32));
         }
     }

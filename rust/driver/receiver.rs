@@ -35,7 +35,7 @@ pub(crate) fn run(dev: &Arc<Device>) {
 
 impl Device {
     /// Waits for a complete connection newer than `served`; `None` when the device stops.
-    fn wait_data(&self, served: u64) -> Option<(Arc<dyn Transport>, Arc<dyn Transport>, u64)> {
+    pub(crate) fn wait_data(&self, served: u64) -> Option<(Arc<dyn Transport>, Arc<dyn Transport>, u64)> {
         let mut c = self.conn.lock();
         loop {
             if c.stopping {
@@ -116,7 +116,7 @@ fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, gen
                 // Everything else depends on the writes before it (it drains, `Step::drains`):
                 // they are done and acked.
                 dev.peer_drain();
-                match other(dev, msg, generation, &announced, meta_sock, buf, &stop) {
+                match other(dev, msg, generation, &announced, data, buf, &stop) {
                     Ok(reply) => Next::Reply(reply),
                     Err(why) => return why,
                 }
@@ -143,9 +143,9 @@ fn serve(dev: &Arc<Device>, data: &dyn Transport, meta_sock: &dyn Transport, gen
 }
 
 /// A message other than a write or resync data, every write before it retired: returns the
-/// reply to send, if any.
+/// reply to send on the meta socket, if any (a forwarded read is answered on `data`).
 fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u32, u32)>,
-    meta_sock: &dyn Transport, buf: &mut LazyBuf, stop: &dyn Fn() -> bool)
+    data: &dyn Transport, buf: &mut LazyBuf, stop: &dyn Fn() -> bool)
     -> core::result::Result<Option<Message<'static>>, &'static str> {
     Ok(match msg {
         Message::Uuids(u) => {
@@ -179,7 +179,9 @@ fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u3
                 return Err("a read request while a large write was announced");
             }
             let buf = buf.get(dev).ok_or("no memory for a read")?;
-            crate::detach::serve_read(dev, meta_sock, sector, sectors, buf, stop)?;
+            // On the data socket: bulk data on the meta socket would hold back the heartbeats
+            // and acks behind it (the primary's reply thread receives it).
+            crate::detach::serve_read(dev, data, sector, sectors, buf, stop)?;
             None
         }
         Message::Detached { current } => {

@@ -457,6 +457,19 @@ void rmirror_sock_set_rcvtimeo(struct socket *sock, unsigned int ms)
 	WRITE_ONCE(sock->sk->sk_rcvtimeo, msecs_to_jiffies(ms));
 }
 
+/* Fixes @sock's send buffer at @bytes (as SO_SNDBUF does, but the size is not doubled; TCP no
+ * longer grows it), so what a sender queues ahead of a later message stays bounded. */
+void rmirror_sock_set_sndbuf(struct socket *sock, unsigned int bytes)
+{
+	struct sock *sk = sock->sk;
+
+	lock_sock(sk);
+	sk->sk_userlocks |= SOCK_SNDBUF_LOCK;
+	WRITE_ONCE(sk->sk_sndbuf, max_t(int, min_t(unsigned int, bytes, INT_MAX / 2), SOCK_MIN_SNDBUF));
+	sk->sk_write_space(sk);
+	release_sock(sk);
+}
+
 /* A new TCP socket, tuned, with @sin filled in for @addr:@port. */
 static int rmirror_sock_new(u32 addr, u16 port, struct sockaddr_in *sin, struct socket **res)
 {

@@ -74,6 +74,7 @@ void rmirror_sock_shutdown(struct socket *sock);
 void rmirror_sock_release(struct socket *sock);
 int rmirror_sock_peer(struct socket *sock, u32 *addr, u16 *port);
 void rmirror_sock_set_rcvtimeo(struct socket *sock, unsigned int ms);
+void rmirror_sock_set_sndbuf(struct socket *sock, unsigned int bytes);
 
 /* Kernel threads, fault injection, locks, allocation scopes. */
 void rmirror_fault_init(void);

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from helpers import (CHECK, CTL, IP, PEER, S, TIMERS, cut, background, create, dmesg_during, expect_error, load, md5_dev,
+from helpers import (CHECK, CTL, IP, PEER, S, TIMERS, cut, background, create, dmesg_during, expect_error, klog,
+                     klog_marker, load, md5_dev,
                      status, sysfs_write, verify, wait_background, wait_cstate, wait_in_sync)
 
 pytestmark = pytest.mark.usefixtures("clean_pair")
@@ -411,6 +412,71 @@ def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair
     rc, out = a.run("dd if=/dev/zero of=/dev/rmirror0 bs=4k count=1 seek=100 oflag=direct 2>&1")
     assert rc != 0 and "Input/output error" in out, out
     assert status(a)["disk"] == "up_to_date", status(a)
+    flaky(a, sectors, False)
+
+
+def test_activity_log_failure_detaches_once_and_reads_stream_through_the_peer(pair):
+    """The disk fails at an activity log transaction (a write to an extent not yet active): alpha detaches
+    and the write completes through beta. Nothing more is written to the failed disk: the transaction is
+    tried once (it used to be retried in a hot loop, tens of thousands of failed writes and kernel lines
+    that starved the guest). Then 1 MiB reads, eight at a time, stream through the peer: megabytes of
+    replies must not hold back the heartbeats (on the meta socket they used to, and the peer declared a
+    healthy connection dead); the data read is beta's. After attach the disks are md5-equal. With
+    on_io_error=pass_on a write that needs a transaction fails, and the transaction is not retried in a
+    loop either."""
+    a, b = pair.alpha, pair.beta
+    pair.each(load)
+    sectors = int(a.ok("blockdev --getsz /dev/vdb").strip())
+    a.ok(f"dmsetup create flaky --table '0 {sectors} linear /dev/vdb 0' && dmsetup mknodes && test -b /dev/mapper/flaky")
+    a.ok(f"{CTL} create-md /dev/mapper/flaky --force --clear-bitmap")
+    b.ok(f"{CTL} create-md /dev/vdb --force --clear-bitmap")
+    create(b, "secondary", opts=f"{TIMERS} {MD}")
+    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD}")
+    wait_cstate(b)
+    wait_cstate(a)
+    flaky(a, sectors, True)
+    a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=1 seek=2048 oflag=direct")
+    st = status(a)
+    assert st["disk"] == "detached" and st["cstate"] == "connected", st
+    before = {"alpha": st, "beta": status(b)}
+    rc, out = a.run("fio --name=r --filename=/dev/rmirror0 --ioengine=libaio --direct=1 --rw=read --bs=1M "
+                    "--iodepth=8 --size=32M --output-format=terse", timeout=300)
+    assert rc == 0, out
+    after = {"alpha": status(a), "beta": status(b)}
+    msgs = "\n".join(line for _, line in klog(a, "rmirror-test: start"))
+    failed = msgs.count("could not be written")
+    print(f"activity log transactions failed: {failed}; forwarded reads: fio {out.split(';')[5:7]} KiB, KiB/s; "
+          f"timeouts {[after[n]['timeouts'] - before[n]['timeouts'] for n in after]}, "
+          f"pings/pongs {[(after[n]['pings'] - before[n]['pings'], after[n]['pongs'] - before[n]['pongs']) for n in after]}")
+    assert "an activity log write failed" in msgs, msgs
+    assert failed == 1, f"the failed disk was written {failed} times: {msgs[-2000:]}"
+    for n in after:
+        assert after[n]["timeouts"] == before[n]["timeouts"] and after[n]["cstate"] == "connected", (n, after[n])
+    sums = {"alpha": md5_dev(a, dev="/dev/rmirror0", nbytes=32 << 20, bs=1 << 20),
+            "beta": md5_dev(b, nbytes=32 << 20, bs=1 << 20)}
+    assert sums["alpha"] == sums["beta"], sums
+    flaky(a, sectors, False)
+    a.ok(f"{CTL} attach r0")
+    deadline = time.monotonic() + 60
+    while status(a)["disk"] != "up_to_date":
+        assert time.monotonic() < deadline, status(a)
+        time.sleep(0.5)
+    sums = {"alpha": md5_dev(a, dev="/dev/mapper/flaky", nbytes=32 << 20, bs=1 << 20),
+            "beta": md5_dev(b, nbytes=32 << 20, bs=1 << 20)}
+    assert sums["alpha"] == sums["beta"], sums
+    # on_io_error=pass_on keeps the failing disk: each write that needs a transaction tries it once and
+    # fails (zeros, as on the disks: nothing differs if the peer got it), and nothing retries it in a loop.
+    a.ok(f"{CTL} remove r0")
+    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD} on_io_error=pass_on")
+    wait_cstate(a)
+    flaky(a, sectors, True)
+    t0 = klog_marker(a, "rmirror-test: pass_on")
+    for blk in (4096, 5120):
+        rc, out = a.run(f"dd if=/dev/zero of=/dev/rmirror0 bs=4k count=1 seek={blk} oflag=direct 2>&1")
+        assert rc != 0 and "Input/output error" in out, out
+    a.ok("sleep 1")
+    failed = sum(1 for t, line in klog(a, "rmirror-test: start") if t >= t0 and "could not be written" in line)
+    assert failed == 2 and status(a)["disk"] == "up_to_date", (failed, status(a))
     flaky(a, sectors, False)
 
 

@@ -91,6 +91,7 @@ unsafe extern "C" {
     pub(super) fn rmirror_sock_release(sock: *mut socket);
     pub(super) fn rmirror_sock_peer(sock: *mut socket, addr: *mut u32, port: *mut u16) -> c_int;
     pub(super) fn rmirror_sock_set_rcvtimeo(sock: *mut socket, ms: c_uint);
+    pub(super) fn rmirror_sock_set_sndbuf(sock: *mut socket, bytes: c_uint);
 
     pub(super) fn rmirror_fault_init();
     pub(super) fn rmirror_fault_exit();

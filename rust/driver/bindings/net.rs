@@ -47,6 +47,11 @@ fn whole(len: usize, stop: &dyn Fn() -> bool, mut step: impl FnMut(usize) -> c_i
         let ret = step(done);
         if ret > 0 {
             done += ret as usize;
+            // A partial transfer: the call waited a whole tick in all (a stream that trickles in
+            // never times out): consult `stop` here too, so a heartbeat runs during long frames.
+            if done < len && stop() {
+                return Err(eshutdown());
+            }
         } else if ret == 0 {
             return Err(econnreset());
         } else if !retry(ret) {
@@ -155,6 +160,13 @@ impl Socket {
     pub(crate) fn set_rcv_timeout_ms(&self, ms: u32) {
         // SAFETY: `self.0` is valid by the type invariant; the shim only stores the timeout.
         unsafe { ffi::rmirror_sock_set_rcvtimeo(self.0.as_ptr(), ms) };
+    }
+
+    /// Fixes the send buffer at `bytes` (TCP stops growing it), bounding how much a sender can
+    /// queue ahead of a later message.
+    pub(crate) fn set_send_buffer(&self, bytes: u32) {
+        // SAFETY: `self.0` is valid by the type invariant; the shim takes the socket lock.
+        unsafe { ffi::rmirror_sock_set_sndbuf(self.0.as_ptr(), bytes) };
     }
 
     /// Shuts the connection down both ways, waking any thread blocked on it.

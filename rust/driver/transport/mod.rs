@@ -39,6 +39,11 @@ pub(crate) trait Transport: Send + Sync {
     fn shutdown(&self);
     /// Makes a blocked receive consult its `stop` callback every `ms` (default: every second).
     fn set_tick_ms(&self, ms: u32);
+    /// Makes this the connection's meta socket: receives tick every `tick_ms`, and the send
+    /// queue is kept short, so a ping or ack waits behind at most one large frame (a
+    /// forwarded read's data) and [`META_SNDBUF`] of queued bytes, not the megabytes TCP's
+    /// autotuning would allow (seconds on a slow link: the peer would time out).
+    fn set_meta(&self, tick_ms: u32);
 }
 
 /// Why a frame could not be received.
@@ -54,6 +59,9 @@ impl From<Error> for RecvError {
         RecvError::Io(e)
     }
 }
+
+/// The meta socket's send buffer (bytes, including the kernel's overhead).
+pub(crate) const META_SNDBUF: u32 = 256 * 1024;
 
 /// Where a frame's payload goes in the receive buffer: page aligned, since the secondary hands
 /// it straight to the block layer, which rejects buffers that break the device's DMA alignment.
@@ -71,9 +79,26 @@ pub(crate) fn recv_msg<'a>(
     if buf.len() < PAYLOAD_OFFSET {
         return Err(RecvError::Protocol(DecodeError::Oversized));
     }
+    let mut pre = [0u8; wire::PREAMBLE_LEN];
+    t.recv_exact(&mut pre, stop)?;
+    recv_msg_after(t, &pre, buf, lim, stop)
+}
+
+/// As [`recv_msg`], for a frame whose preamble `pre` was received already (so a thread that
+/// rarely gets a frame can wait for one before it needs `buf`).
+pub(crate) fn recv_msg_after<'a>(
+    t: &dyn Transport,
+    pre: &[u8; wire::PREAMBLE_LEN],
+    buf: &'a mut [u8],
+    lim: &Limits,
+    stop: &dyn Fn() -> bool,
+) -> core::result::Result<Message<'a>, RecvError> {
+    if buf.len() < PAYLOAD_OFFSET {
+        return Err(RecvError::Protocol(DecodeError::Oversized));
+    }
     let (head, tail) = buf.split_at_mut(PAYLOAD_OFFSET);
     let room = tail.len();
-    let (hlen, plen) = recv_head(t, head, room, lim, stop)?;
+    let (hlen, plen) = recv_rest_of_head(t, pre, head, room, lim, stop)?;
     t.recv_exact(&mut tail[..plen], stop)?;
     t.counters().msgs_received.fetch_add(1, Relaxed);
     wire::decode_parts(&head[..hlen], &tail[..plen], lim).map_err(RecvError::Protocol)
@@ -86,11 +111,17 @@ fn recv_head(t: &dyn Transport, head: &mut [u8], room: usize, lim: &Limits, stop
     -> core::result::Result<(usize, usize), RecvError> {
     let mut pre = [0u8; wire::PREAMBLE_LEN];
     t.recv_exact(&mut pre, stop)?;
+    recv_rest_of_head(t, &pre, head, room, lim, stop)
+}
+
+/// [`recv_head`] after the preamble `pre`.
+fn recv_rest_of_head(t: &dyn Transport, pre: &[u8; wire::PREAMBLE_LEN], head: &mut [u8], room: usize, lim: &Limits,
+    stop: &dyn Fn() -> bool) -> core::result::Result<(usize, usize), RecvError> {
     let (hlen, plen) = wire::frame_parts(&pre, lim).map_err(RecvError::Protocol)?;
     if hlen > head.len() || plen > room {
         return Err(RecvError::Protocol(DecodeError::Oversized));
     }
-    head[..wire::PREAMBLE_LEN].copy_from_slice(&pre);
+    head[..wire::PREAMBLE_LEN].copy_from_slice(pre);
     t.recv_exact(&mut head[wire::PREAMBLE_LEN..hlen], stop)?;
     Ok((hlen, plen))
 }

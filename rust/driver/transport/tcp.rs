@@ -61,4 +61,9 @@ impl Transport for Tcp {
     fn set_tick_ms(&self, ms: u32) {
         self.sock.set_rcv_timeout_ms(ms);
     }
+
+    fn set_meta(&self, tick_ms: u32) {
+        self.sock.set_rcv_timeout_ms(tick_ms);
+        self.sock.set_send_buffer(super::META_SNDBUF);
+    }
 }
