@@ -208,17 +208,17 @@ def test_status_fields(pair):
 
 
 def test_threads_named_per_device(pair):
-    """Each device's kernel threads carry its minor (rmirror<minor>_conn/_meta on both roles, _send/_sync
-    on a primary, _recv/_ack on a secondary), so two devices' threads can be told apart in ps and in lockdep
-    reports."""
+    """Each device's kernel threads carry its minor (rmirror<minor>_conn/_meta on both roles, _send/_sync/
+    _reply on a primary, _recv/_ack on a secondary), so two devices' threads can be told apart in ps and in
+    lockdep reports."""
     a = pair.alpha
     load(a)
     a.ok("truncate -s 64M /tmp/loop1.img && losetup /dev/loop1 /tmp/loop1.img")
     create(a, "primary")
     a.ok(f"{CTL} create r1 --table {q(table(a, 'secondary', sectors=64 * 2048, backing='/dev/loop1').replace(':7788', ':7789'))}")
     comms = sorted(a.ok("cat /proc/[0-9]*/comm | grep '^rmirror[0-9]' || true").split())
-    assert comms == ["rmirror0_conn", "rmirror0_meta", "rmirror0_send", "rmirror0_sync", "rmirror1_ack",
-                     "rmirror1_conn", "rmirror1_meta", "rmirror1_recv"], comms
+    assert comms == ["rmirror0_conn", "rmirror0_meta", "rmirror0_reply", "rmirror0_send", "rmirror0_sync",
+                     "rmirror1_ack", "rmirror1_conn", "rmirror1_meta", "rmirror1_recv"], comms
     a.ok(f"{CTL} remove r1; {CTL} remove r0")
     assert a.ok("cat /proc/[0-9]*/comm | grep -c '^rmirror[0-9]' || true").strip() == "0"
 

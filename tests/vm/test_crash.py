@@ -315,6 +315,45 @@ def flaky(vm, sectors, fail_writes):
     vm.ok(f"dmsetup suspend flaky && dmsetup reload flaky --table '{t}' && dmsetup resume flaky")
 
 
+def flaky_pair(pair):
+    """alpha primary on /dev/mapper/flaky (a plain mapping of its disk for now), beta secondary, fresh
+    metadata on both, connected. Returns the disk's size in sectors."""
+    a, b = pair.alpha, pair.beta
+    pair.each(load)
+    sectors = int(a.ok("blockdev --getsz /dev/vdb").strip())
+    a.ok(f"dmsetup create flaky --table '0 {sectors} linear /dev/vdb 0' && dmsetup mknodes && test -b /dev/mapper/flaky")
+    a.ok(f"{CTL} create-md /dev/mapper/flaky --force --clear-bitmap")
+    b.ok(f"{CTL} create-md /dev/vdb --force --clear-bitmap")
+    create(b, "secondary", opts=f"{TIMERS} {MD}")
+    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD}")
+    wait_cstate(b)
+    wait_cstate(a)
+    return sectors
+
+
+def wait_disk(vm, state, timeout):
+    deadline = time.monotonic() + timeout
+    while status(vm)["disk"] != state:
+        assert time.monotonic() < deadline, status(vm)
+        time.sleep(0.5)
+
+
+def flaky_md5_equal(pair, mib):
+    """alpha's disk (under flaky) and beta's are md5-equal over their first `mib` MiB."""
+    sums = {"alpha": md5_dev(pair.alpha, dev="/dev/mapper/flaky", nbytes=mib << 20, bs=1 << 20),
+            "beta": md5_dev(pair.beta, nbytes=mib << 20, bs=1 << 20)}
+    assert sums["alpha"] == sums["beta"], sums
+
+
+def pass_on_failing(pair, sectors):
+    """alpha's device created again with on_io_error=pass_on, then its disk fails every write."""
+    a = pair.alpha
+    a.ok(f"{CTL} remove r0")
+    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD} on_io_error=pass_on")
+    wait_cstate(a)
+    flaky(a, sectors, True)
+
+
 def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair):
     """alpha (primary, protocol C, on_io_error=detach by default) sits on a device-mapper device over its
     disk. Under load (the per-block checker and a fio job that verifies what it wrote), the device starts
@@ -329,14 +368,7 @@ def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair
     a, b = pair.alpha, pair.beta
     pair.each(load)
     background(a, f"exec {CTL} events r0 --timeout 200", "events")
-    sectors = int(a.ok("blockdev --getsz /dev/vdb").strip())
-    a.ok(f"dmsetup create flaky --table '0 {sectors} linear /dev/vdb 0' && dmsetup mknodes && test -b /dev/mapper/flaky")
-    a.ok(f"{CTL} create-md /dev/mapper/flaky --force --clear-bitmap")
-    b.ok(f"{CTL} create-md /dev/vdb --force --clear-bitmap")
-    create(b, "secondary", opts=f"{TIMERS} {MD}")
-    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD}")
-    wait_cstate(b)
-    wait_cstate(a)
+    sectors = flaky_pair(pair)
     expect_error(a, f"{CTL} attach r0", "attach", "r0", "EALREADY")
     b_uuid = json.loads(b.ok(f"echo 3 > /proc/sys/vm/drop_caches; {CTL} dump-md /dev/vdb -o json"))
     background(a, f"{CHECK} write /dev/rmirror0 --log /tmp/c.log --size 16M --jobs 4 --seconds 12 "
@@ -347,10 +379,7 @@ def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair
     a.ok("sleep 3")
     a.ok("dmesg -c > /dev/null")
     flaky(a, sectors, True)
-    deadline = time.monotonic() + 30
-    while status(a)["disk"] != "detached":
-        assert time.monotonic() < deadline, status(a)
-        time.sleep(0.5)
+    wait_disk(a, "detached", 30)
     msgs = a.ok("dmesg")
     assert "the backing device failed" in msgs and "disk detached" in msgs, msgs
     wait_background(a, "check", 120)
@@ -377,10 +406,7 @@ def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair
     assert rc == 0, out + err
     m = re.search(r"attach: pulling (\d+) KiB back", msgs)
     assert m and int(m[1]) > 0, msgs
-    deadline = time.monotonic() + 120
-    while status(a)["disk"] != "up_to_date":
-        assert time.monotonic() < deadline, status(a)
-        time.sleep(0.5)
+    wait_disk(a, "up_to_date", 120)
     pulled = status(a)["resynced"] - before
     print(f"attach pulled {pulled * 512} bytes back ({m[1]} KiB stale) of a {S * 512}-byte device")
     assert pulled == int(m[1]) * 2, (pulled, m[1])  # sectors vs KiB
@@ -400,15 +426,9 @@ def test_local_disk_failure_detaches_serves_through_the_peer_and_reattaches(pair
                   "disk": "up_to_date"}, js
     res = verify(a, "/dev/mapper/flaky", ["/tmp/c.log"], 0, 16)
     assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
-    # (everything written is in the first 67 MiB)
-    sums = {"alpha": md5_dev(a, dev="/dev/mapper/flaky", nbytes=72 << 20, bs=1 << 20),
-            "beta": md5_dev(b, nbytes=72 << 20, bs=1 << 20)}
-    assert sums["alpha"] == sums["beta"], sums
+    flaky_md5_equal(pair, 72)  # (everything written is in the first 67 MiB)
     # pass_on: the write fails to the application, the disk stays in use.
-    a.ok(f"{CTL} remove r0")
-    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD} on_io_error=pass_on")
-    wait_cstate(a)
-    flaky(a, sectors, True)
+    pass_on_failing(pair, sectors)
     rc, out = a.run("dd if=/dev/zero of=/dev/rmirror0 bs=4k count=1 seek=100 oflag=direct 2>&1")
     assert rc != 0 and "Input/output error" in out, out
     assert status(a)["disk"] == "up_to_date", status(a)
@@ -425,15 +445,7 @@ def test_activity_log_failure_detaches_once_and_reads_stream_through_the_peer(pa
     on_io_error=pass_on a write that needs a transaction fails, and the transaction is not retried in a
     loop either."""
     a, b = pair.alpha, pair.beta
-    pair.each(load)
-    sectors = int(a.ok("blockdev --getsz /dev/vdb").strip())
-    a.ok(f"dmsetup create flaky --table '0 {sectors} linear /dev/vdb 0' && dmsetup mknodes && test -b /dev/mapper/flaky")
-    a.ok(f"{CTL} create-md /dev/mapper/flaky --force --clear-bitmap")
-    b.ok(f"{CTL} create-md /dev/vdb --force --clear-bitmap")
-    create(b, "secondary", opts=f"{TIMERS} {MD}")
-    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD}")
-    wait_cstate(b)
-    wait_cstate(a)
+    sectors = flaky_pair(pair)
     flaky(a, sectors, True)
     a.ok("dd if=/dev/urandom of=/dev/rmirror0 bs=4k count=1 seek=2048 oflag=direct")
     st = status(a)
@@ -457,19 +469,11 @@ def test_activity_log_failure_detaches_once_and_reads_stream_through_the_peer(pa
     assert sums["alpha"] == sums["beta"], sums
     flaky(a, sectors, False)
     a.ok(f"{CTL} attach r0")
-    deadline = time.monotonic() + 60
-    while status(a)["disk"] != "up_to_date":
-        assert time.monotonic() < deadline, status(a)
-        time.sleep(0.5)
-    sums = {"alpha": md5_dev(a, dev="/dev/mapper/flaky", nbytes=32 << 20, bs=1 << 20),
-            "beta": md5_dev(b, nbytes=32 << 20, bs=1 << 20)}
-    assert sums["alpha"] == sums["beta"], sums
+    wait_disk(a, "up_to_date", 60)
+    flaky_md5_equal(pair, 32)
     # on_io_error=pass_on keeps the failing disk: each write that needs a transaction tries it once and
     # fails (zeros, as on the disks: nothing differs if the peer got it), and nothing retries it in a loop.
-    a.ok(f"{CTL} remove r0")
-    create(a, "primary", backing="/dev/mapper/flaky", opts=f"{TIMERS} {MD} on_io_error=pass_on")
-    wait_cstate(a)
-    flaky(a, sectors, True)
+    pass_on_failing(pair, sectors)
     t0 = klog_marker(a, "rmirror-test: pass_on")
     for blk in (4096, 5120):
         rc, out = a.run(f"dd if=/dev/zero of=/dev/rmirror0 bs=4k count=1 seek={blk} oflag=direct 2>&1")

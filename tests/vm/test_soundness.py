@@ -57,8 +57,9 @@ def primary_line(vm, peer_port=PORT, local_port=PORT, backing="/dev/vdb", sector
 
 # ---- 1. a failed thread start releases everything ------------------------------------------------------
 
-# threads a device starts: meta, connection, sender, resync; or meta, connection (listener), receiver, acker
-THREADS = {"primary": 4, "secondary": 4}
+# threads a device starts: meta, connection, sender, resync, reply; or meta, connection (listener), receiver,
+# acker
+THREADS = {"primary": 5, "secondary": 4}
 
 
 # One failing create: fault attribute armed, kernel log cleared, create (its stderr is the script's),
@@ -76,11 +77,11 @@ echo 0 > $F/probability; echo 0 > $F/times
 
 # (A primary failing its second thread was a fourth case: the last one covers a partial start, and
 # the time budget needed its 15 s.)
-@pytest.mark.parametrize("role,space", [("primary", 1), ("primary", 4), ("secondary", 4)],
+@pytest.mark.parametrize("role,space", [("primary", 1), ("primary", 5), ("secondary", 4)],
                          ids=["primary-first-thread", "primary-last-thread", "secondary-last-thread"])
 def test_thread_start_failure_releases_backing(pair, role, space):
     """The driver's fault_attr fail_rmirror_thread is consulted (should_fail(attr, 1)) once per kernel
-    thread it starts: a primary starts 4 (meta, connection, sender, resync), a secondary 4 (meta,
+    thread it starts: a primary starts 5 (meta, connection, sender, resync, reply), a secondary 4 (meta,
     connection, receiver, acker: the acker fails with the receiver running). `space` is a budget that each call decrements by its size (1) while it is larger
     than the size, failures being suppressed until then (lib/fault-inject.c: `if (space > size) { space -=
     size; return false; }`): space=N lets N-1 calls pass and fails the Nth (space=2: the connection thread,
