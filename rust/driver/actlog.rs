@@ -230,10 +230,16 @@ impl Device {
         self.al_cv.notify_all();
     }
 
-    /// Whether a transaction is due ([`Al::due`]). Never while the disk is detached: nothing is written to a failed disk (activations queued when it failed
-    /// stay queued, and are written once it is attached again).
+    /// Whether a transaction is due ([`Device::al_due_in`]).
     pub(crate) fn al_due(&self) -> bool {
-        self.disk() != crate::detach::DETACHED && (*self.al.lock()).as_ref().is_some_and(Al::due)
+        (*self.al.lock()).as_ref().is_some_and(|a| self.al_due_in(a))
+    }
+
+    /// Whether a transaction is due for `a`, this device's log (locked by the caller):
+    /// [`Al::due`], and never while the disk is detached: nothing is written to a failed disk
+    /// (activations queued when it failed stay queued, and are written once it is attached).
+    pub(crate) fn al_due_in(&self, a: &Al) -> bool {
+        self.disk() != crate::detach::DETACHED && a.due()
     }
 
     /// Writes the next transaction if one is due and none is in flight. Only from the metadata

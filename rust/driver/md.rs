@@ -295,8 +295,7 @@ pub(crate) fn run(dev: &Arc<Device>) {
         }
         let left = u64::from(WRITEBACK_MS).saturating_sub(dev.now_ms().saturating_sub(last)).max(1);
         let mut g = dev.al.lock();
-        let detached = dev.disk() == crate::detach::DETACHED;
-        if !(*g).as_ref().is_some_and(|a| (a.due() && !detached) || a.stopped) {
+        if !(*g).as_ref().is_some_and(|a| dev.al_due_in(a) || a.stopped) {
             let _ = dev.md_work.wait_interruptible_timeout(&mut g, kernel::time::msecs_to_jiffies(left as u32));
         }
     }

@@ -333,19 +333,6 @@ def wait_in_sync(vm, timeout=180, name="r0"):
         time.sleep(0.3)
 
 
-
-
-def wait_replayed(vm, timeout=180):
-    """Wait until `vm`'s outage queue is empty and it replicates with nothing out of sync; its status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status(vm)
-        if st["queued"] == 0 and st["repl"] == "established" and st["out_of_sync"] == 0:
-            return st
-        assert time.monotonic() < deadline, f"{vm.name}: queue not replayed after {timeout}s: {st}"
-        time.sleep(0.3)
-
-
 def same_start(pair, mib=64):
     """Zero the first `mib` MiB of both backing disks (before the devices exist), so that md5 comparisons
     after a test see only what it wrote: the fracture bitmap lives in memory, and an earlier test that

@@ -19,7 +19,7 @@ import pytest
 from helpers import (CHECK, CTL, IP, PEER, PORT, TIMEOUT_S, TIMERS, background, connect_pair, copy_file,
                      create, cut, fio, fio_result, first_after, handshake, heal, klog, klog_marker, load,
                      md5_dev, q, remove, same_start, status, sysfs_write, table, verify, wait_background,
-                     wait_cstate, wait_in_sync, wait_replayed)
+                     wait_cstate, wait_in_sync)
 
 pytestmark = pytest.mark.usefixtures("clean_pair")
 
@@ -70,7 +70,7 @@ def test_silent_peer_detected_on_both_sides_and_writes_resume(pair):
     for st in (st_a, st_b):
         assert st["timeouts"] >= 1 and st["connects"] >= 2, st
     # The outage was short: its writes were queued and replayed, nothing went to the bitmap.
-    st_a = wait_replayed(a)
+    st_a = wait_in_sync(a)
     assert st_a["replayed"] > 0 and st_a["out_of_sync"] == 0 and st_a["queue_overflows"] == 0, st_a
     # Every acknowledged write is on beta (those of the outage through the replay); alpha has all.
     copy_file(a, b, "/tmp/c1.log")
@@ -130,7 +130,7 @@ def test_flapping_link_holds_replication_on_probation(pair):
     assert st["timeouts"] - before["timeouts"] >= 1, st
     # Per block: every write the checker saw acknowledged through the flapping is on beta once the
     # queue is replayed and the bitmap resynced.
-    wait_replayed(a)
+    wait_in_sync(a)
     copy_file(a, b, "/tmp/c.log")
     res = verify(b, "/dev/vdb", ["/tmp/c.log"], 0, 16)
     assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0, res
@@ -353,7 +353,7 @@ def test_short_outage_is_queued_and_replayed_in_order(pair):
     written = json.loads(out.strip().splitlines()[-1])
     rc, out = wait_background(a, "fio", 300)
     assert rc == 0 and fio_result(out)[0] == 0, out
-    st = wait_replayed(a)
+    st = wait_in_sync(a)
     lines = klog(a, "rmirror-test: heal")
     t_resume = first_after(lines, t_heal, "probation passed")
     t_done = first_after(lines, t_heal, "outage queue replayed")
@@ -441,13 +441,13 @@ def test_protocols_a_and_b_keep_their_promise_through_a_link_cut(pair, proto):
     assert status(a)["protocol"] == proto
     a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/p1.log --size 16M --jobs 4 --count 1500 --seed 61", timeout=300)
     # Replicating straight to beta (not replaying an outage queue, which takes new writes in order).
-    wait_replayed(a)
+    wait_in_sync(a)
     t_cut, end = cut_then_burst(a, 40 * 2048)
     wait_cstate(a, "outage", timeout=30)
     a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/p2.log --offset 16M --size 16M --jobs 2 --count 200 --seed 62",
          timeout=300)
     pair.each(heal)
-    st = wait_replayed(a)
+    st = wait_in_sync(a)
     lines = [x for x in klog(a) if x[0] >= t_cut]
     t_lost = first_after(lines, t_cut, "connection lost")
     unsure = [line for _, line in lines if "the peer had not made durable yet marked out of sync" in line]

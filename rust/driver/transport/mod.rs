@@ -40,9 +40,9 @@ pub(crate) trait Transport: Send + Sync {
     /// Makes a blocked receive consult its `stop` callback every `ms` (default: every second).
     fn set_tick_ms(&self, ms: u32);
     /// Makes this the connection's meta socket: receives tick every `tick_ms`, and the send
-    /// queue is kept short, so a ping or ack waits behind at most one large frame (a
-    /// forwarded read's data) and [`META_SNDBUF`] of queued bytes, not the megabytes TCP's
-    /// autotuning would allow (seconds on a slow link: the peer would time out).
+    /// queue is kept short (only small messages go on it), so a ping or ack waits behind at
+    /// most [`META_SNDBUF`] of queued bytes, not the megabytes TCP's autotuning would allow
+    /// (seconds on a slow link: the peer would time out).
     fn set_meta(&self, tick_ms: u32);
 }
 
