@@ -106,9 +106,19 @@ DEFAULT_MEM = 1024
 #: Documentation/architecture.rst).
 BOOT_TIMEOUT = float(os.environ.get("RMIRROR_BOOT_TIMEOUT", "300"))
 
+#: Seconds without a new console byte after which a guest whose init is not up yet counts as hung in its
+#: boot. The longest silence in a normal boot under TCG is ~9 s (mounting the root file system); CI of stop 19
+#: saw a power-cycled beta print nothing after 0.97 s of kernel init (before any module loads) for 300 s.
+BOOT_STALL = float(os.environ.get("RMIRROR_BOOT_STALL", "90"))
+
 
 class GuestError(Exception):
     """A guest could not be started or stopped responding."""
+
+
+class BootStalled(GuestError):
+    """The guest's console stayed silent for BOOT_STALL seconds before its init was up (a hung boot, not a
+    slow one). Its starter boots it again, once (Vm.power_cycle, Pair.start)."""
 
 
 class CommandFailed(GuestError):
@@ -379,6 +389,7 @@ class Vm:
         pings = set()
         next_ping = 0.0
         init_up = False
+        console_size, console_grew = -1, time.monotonic()
         while self.boot_seconds is None or pings:
             now = time.monotonic()
             if now > deadline:
@@ -386,7 +397,14 @@ class Vm:
                 raise GuestError(f"{self.name}: no agent answer after {timeout:.0f}s; console tail:\n"
                                  + self.tail())
             if now >= next_ping:
-                init_up = init_up or "rmirror-init: up" in self.dmesg()
+                text = self.dmesg()
+                init_up = init_up or "rmirror-init: up" in text
+                if len(text) != console_size:
+                    console_size, console_grew = len(text), now
+                elif not init_up and now - console_grew > BOOT_STALL:
+                    self.broken = "boot stalled"
+                    raise BootStalled(f"{self.name}: boot stalled: no console output for {now - console_grew:.0f}s "
+                                      f"before init was up; console tail:\n" + self.tail())
                 pings.add(self._send("echo ready", 10))
                 next_ping = now + (0.5 if init_up else 10.0)
             line = self._readline(min(deadline, next_ping))
@@ -416,6 +434,17 @@ class Vm:
         bad = self.new_log_problems()
         if bad:
             raise LogScanError(f"{self.name} kernel log before the power loss:\n" + "\n".join(bad))
+        self._relaunch()
+        try:
+            return self.wait_ready(timeout)
+        except BootStalled as e:
+            log(f"{e}\n{self.name}: power-cycling it once more")
+        self._relaunch()
+        return self.wait_ready(timeout)
+
+    def _relaunch(self):
+        """Kill QEMU and start it again on the same disks (the console log so far is kept as
+        <name>.console.<n>.log)."""
         with self.lock:
             if self.proc is not None:
                 self.proc.kill()
@@ -429,7 +458,6 @@ class Vm:
                 os.unlink(self.sock_path)
             self.buf, self.checked, self.boot_seconds, self.broken = b"", 0, None, None
             self.start()
-        return self.wait_ready(timeout)
 
     def shutdown(self, timeout=30):
         """sync + poweroff -f in the guest; kill QEMU if it is still running after `timeout` seconds."""
@@ -624,7 +652,7 @@ class Pair:
     def beta(self):
         return self.vms["beta"]
 
-    def restart(self):
+    def restart(self, retry=True):
         """Power off (keeping the work directory with the old logs) and boot a fresh pair."""
         self.stop(check=False, keep=True)
         if self.own_workdir:
@@ -632,9 +660,10 @@ class Pair:
         else:
             self.workdir = os.path.join(self.workdir, f"restart-{time.time():.0f}")
         self.vms = {}
-        return self.start()
+        return self.start(retry)
 
-    def start(self):
+    def start(self, retry=True):
+        """Boot the pair; a boot that stalls (BootStalled) is retried once with a fresh pair if `retry`."""
         if self.workdir is None:
             self.workdir = tempfile.mkdtemp(prefix="rmirror-vm-")
         os.makedirs(self.workdir, exist_ok=True)
@@ -644,8 +673,14 @@ class Pair:
             self._start_tap(payload)
         else:
             self._start_socket(payload)
-        for vm in self.vms.values():
-            vm.wait_ready()
+        try:
+            for vm in self.vms.values():
+                vm.wait_ready()
+        except BootStalled as e:
+            if not retry:
+                raise
+            log(f"{e}\nbooting the pair once more")
+            return self.restart(retry=False)
         log("booted: " + ", ".join(f"{n} {vm.boot_seconds:.1f}s" for n, vm in self.vms.items())
             + f" (workdir {self.workdir})")
         return self

@@ -52,6 +52,24 @@ def test_disks_are_private(pair):
                   "dd if=/dev/vdb of=/tmp/y bs=64k skip=16 count=64 iflag=direct 2>/dev/null && cmp /tmp/x /tmp/y")
 
 
+def test_stalled_boot_is_power_cycled_again(pair, monkeypatch):
+    """A boot whose console stays silent for BOOT_STALL seconds (planted: beta's first QEMU after the power
+    cycle starts paused, -S) is killed and booted again, and the guest then answers."""
+    beta = pair.beta
+    monkeypatch.setattr(vmlib, "BOOT_STALL", 5)
+    argv, starts = beta.qemu_argv, []
+
+    def first_paused():
+        starts.append(time.monotonic())
+        return argv() + (["-S"] if len(starts) == 1 else [])
+    monkeypatch.setattr(beta, "qemu_argv", first_paused)
+    beta.power_cycle()
+    assert len(starts) == 2, f"QEMU started {len(starts)} times"
+    assert starts[1] - starts[0] >= 5
+    assert beta.ok("echo up").strip() == "up"
+    pair.beta.ok("ping -c 1 -W 5 10.99.0.1")
+
+
 def test_agent_streams_and_codes(pair):
     rc, out, err = pair.alpha.run3("echo out; echo err >&2; exit 3")
     assert (rc, out, err) == (3, "out\n", "err\n")
