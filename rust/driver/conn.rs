@@ -117,7 +117,7 @@ impl Device {
     fn complete(&self, generation: u64, meta: Arc<dyn Transport>, features: u32) -> core::result::Result<(), &'static str> {
         let now = self.now_ms();
         let small_writes = features & feature::SMALL_WRITE != 0;
-        let (state, probation) = {
+        {
             let mut c = self.conn.lock();
             if c.generation != generation || c.link.is_none() || c.meta.is_some() {
                 return Err("the connection was replaced");
@@ -135,18 +135,19 @@ impl Device {
             } else {
                 PeerBitmap::NotExpected
             };
-            (c.sm.state(), c.sm.config().probation_ms)
-        };
+            // Logged under the lock: a thread that sees the complete connection (and may log
+            // its loss at once, for a bad first frame) takes the lock after this line.
+            if c.sm.state() == CState::Probation {
+                pr_info!("{}: connected to {} (small writes {}); on probation for {} ms\n", &*self.cfg.name,
+                    Addr(self.cfg.peer), if small_writes { "on" } else { "off" }, c.sm.config().probation_ms);
+            } else {
+                pr_info!("{}: connected to {} (small writes {})\n", &*self.cfg.name, Addr(self.cfg.peer),
+                    if small_writes { "on" } else { "off" });
+            }
+        }
         self.stats.connects.fetch_add(1, Relaxed);
         self.link_changed.notify_all();
         self.work.notify_all();
-        if state == CState::Probation {
-            pr_info!("{}: connected to {} (small writes {}); on probation for {} ms\n", &*self.cfg.name,
-                Addr(self.cfg.peer), if small_writes { "on" } else { "off" }, probation);
-        } else {
-            pr_info!("{}: connected to {} (small writes {})\n", &*self.cfg.name, Addr(self.cfg.peer),
-                if small_writes { "on" } else { "off" });
-        }
         Ok(())
     }
 

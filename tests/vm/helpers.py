@@ -279,6 +279,21 @@ def handshake(sectors, role=1, channel=0, uuids=(0, 0, 0, 0)):
             + struct.pack("<4Q", *uuids))
 
 
+def small_write(seq, sector, data, flags=0, volume=0):
+    """A SmallWrite: its 16-byte header (the whole metadata in 128 bits), then the data."""
+    sectors = len(data) // 512
+    word = sector | (sectors - 1) << 46 | flags << 53 | volume << 56
+    return struct.pack("<HBBIQ", MAGIC, SMALL_WRITE, VERSION, seq, word) + data
+
+
+RESYNC_REPLY = 0x0D
+
+
+def resync_reply(sector, sectors, data):
+    """A ResyncReply (resync data, or the answer to a forwarded read) of `sectors` at `sector`."""
+    return preamble(RESYNC_REPLY, 8 + len(data), struct.pack("<II", sectors, 0)) + struct.pack("<Q", sector) + data
+
+
 # ---- fault scenarios: load, checker, sync ----------------------------------------------------------------
 
 # Fast timers, so a fault is detected in seconds even under TCG.

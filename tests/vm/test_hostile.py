@@ -13,24 +13,17 @@ import struct
 
 import pytest
 
-from helpers import (HANDSHAKE, MAGIC, S, SMALL_WRITE, VERSION, WRITE_NOTIFY, PORT, create, handshake, load,
-                     preamble, reset_pair, status)
+from helpers import (HANDSHAKE, MAGIC, S, WRITE_NOTIFY, PORT, create, handshake, load, preamble, reset_pair,
+                     resync_reply, small_write, status)
 
 TARGET = 2048  # sector the tests aim at (1 MiB into the device)
-
-
-def small_write(seq, sector, data, flags=0, volume=0):
-    """16-byte header (the whole metadata in 128 bits), then the data."""
-    sectors = len(data) // 512
-    word = sector | (sectors - 1) << 46 | flags << 53 | volume << 56
-    return struct.pack("<HBBIQ", MAGIC, SMALL_WRITE, VERSION, seq, word) + data
 
 
 def write_notify(seq, length):
     return preamble(WRITE_NOTIFY, 0, struct.pack("<II", seq, length))
 
 
-BITMAP, RESYNC_REPLY, RESYNC_ACK, UUIDS, IN_SYNC = 0x0B, 0x0D, 0x10, 0x11, 0x12
+BITMAP, RESYNC_ACK, UUIDS, IN_SYNC = 0x0B, 0x10, 0x11, 0x12
 REGIONS = S // 8  # bitmap bits of the device (4 KiB regions)
 
 
@@ -47,10 +40,6 @@ def varint(v):
 def bitmap(offset, bits, rle, last=True):
     """A Bitmap chunk: `bits` regions from `offset`, run-length encoded (clean run first)."""
     return preamble(BITMAP, 8 + len(rle), struct.pack("<IB3x", bits, int(last))) + struct.pack("<Q", offset) + rle
-
-
-def resync_reply(sector, sectors, data):
-    return preamble(RESYNC_REPLY, 8 + len(data), struct.pack("<II", sectors, 0)) + struct.pack("<Q", sector) + data
 
 
 @pytest.fixture(scope="module", autouse=True)

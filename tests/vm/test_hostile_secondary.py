@@ -15,11 +15,11 @@ import struct
 
 import pytest
 
-from helpers import MAGIC, S, SMALL_WRITE, PORT, VERSION, create, handshake, load, preamble, remove, \
-    reset_pair, status
+from helpers import RESYNC_REPLY, S, PORT, create, handshake, load, preamble, remove, reset_pair, resync_reply, \
+    small_write, status
 
 TARGET = 2048  # sector the tests aim at (1 MiB into the device)
-ACK, RESYNC_REPLY, RESYNC_NEGATIVE, BARRIER_ACK, PING = 0x05, 0x0D, 0x0E, 0x07, 0x08
+ACK, RESYNC_NEGATIVE, BARRIER_ACK, PING = 0x05, 0x0E, 0x07, 0x08
 
 # One connection of the fake secondary: stdin/stdout are the socket.
 FAKE = """#!/bin/sh
@@ -31,17 +31,8 @@ exec timeout 5 cat > /dev/null
 """
 
 
-def resync_reply(sector, sectors, data):
-    return preamble(RESYNC_REPLY, 8 + len(data), struct.pack("<II", sectors, 0)) + struct.pack("<Q", sector) + data
-
-
 def ack(seq, kind=2):
     return preamble(ACK, 0, struct.pack("<IB3x", seq, kind))
-
-
-def small_write(seq, sector, data):
-    word = sector | (len(data) // 512 - 1) << 46
-    return struct.pack("<HBBIQ", MAGIC, SMALL_WRITE, VERSION, seq, word) + data
 
 
 @pytest.fixture(scope="module", autouse=True)
