@@ -15,10 +15,10 @@
 //!   order by a `ResyncReply` (or `ResyncNegative`) on the same socket (bulk data never
 //!   goes on the meta socket, where it would hold back heartbeats and acks), whose data the
 //!   primary's reply thread copies into the bio. A read is forwarded only while replicating
-//!   with nothing left to replay (every write completed before it was submitted is then applied at the peer before the
-//!   request, which follows it on the same socket); reads of regions the peer lacks, and any
-//!   I/O without a connection, fail with `EIO`: neither side can serve them. No metadata is
-//!   written to the failed disk.
+//!   with nothing left to replay (every write completed before it was submitted is then
+//!   applied at the peer before the request, which follows it on the same socket); reads of
+//!   regions the peer lacks, and any I/O without a connection, fail with `EIO`: neither side
+//!   can serve them. No metadata is written to the failed disk.
 //! - **Attach** (`rmirrorctl attach`). The superblock is written inconsistent first (with the
 //!   new generation: an interrupted attach leaves a disk that is refused as primary and fully
 //!   resynced as secondary), then the resync thread pulls every stale run: it takes the run's

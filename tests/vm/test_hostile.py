@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from helpers import (HANDSHAKE, MAGIC, S, WRITE_NOTIFY, PORT, create, handshake, load, preamble, reset_pair,
-                     resync_reply, small_write, status)
+from helpers import (HANDSHAKE, MAGIC, S, WRITE_NOTIFY, PORT, create, handshake, load, md5_dev, preamble,
+                     reset_pair, resync_reply, small_write, status)
 
 TARGET = 2048  # sector the tests aim at (1 MiB into the device)
 
@@ -56,10 +56,8 @@ def secondary(pair):
 
 
 def target_md5(vm):
-    """md5 of the 4 KiB at TARGET on the guest's own disk, read past the page cache (the driver
-    writes with bios, and busybox dd does not honour iflag=direct)."""
-    return vm.ok(f"echo 3 > /proc/sys/vm/drop_caches; "
-                 f"dd if=/dev/vdb bs=512 skip={TARGET} count=8 2>/dev/null | md5sum").split()[0]
+    """md5 of the 4 KiB at TARGET on the guest's own disk, read past the page cache."""
+    return md5_dev(vm, "/dev/vdb", 4096, TARGET << 9, 4096)
 
 
 def send_as_primary(pair, frames):

@@ -15,8 +15,8 @@ import struct
 
 import pytest
 
-from helpers import RESYNC_REPLY, S, PORT, create, handshake, load, preamble, remove, reset_pair, resync_reply, \
-    small_write, status
+from helpers import RESYNC_REPLY, S, PORT, create, handshake, load, md5_dev, preamble, remove, reset_pair, \
+    resync_reply, small_write, status
 
 TARGET = 2048  # sector the tests aim at (1 MiB into the device)
 ACK, RESYNC_NEGATIVE, BARRIER_ACK, PING = 0x05, 0x0E, 0x07, 0x08
@@ -49,8 +49,8 @@ def primary_host(pair):
 
 
 def target_md5(vm):
-    return vm.ok(f"echo 3 > /proc/sys/vm/drop_caches; "
-                 f"dd if=/dev/vdb bs=512 skip={TARGET} count=8 2>/dev/null | md5sum").split()[0]
+    """md5 of the 4 KiB at TARGET on the guest's own disk, read past the page cache."""
+    return md5_dev(vm, "/dev/vdb", 4096, TARGET << 9, 4096)
 
 
 def stop_fake(vm):

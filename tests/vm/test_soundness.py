@@ -419,7 +419,7 @@ def test_overlapping_writes_keep_disks_identical(pair):
     differ: a round of ~120 random writes, as under TCG, leaves some 4 KiB block of the region unwritten in
     about one run in six, which failed CI of stop 19). A failed comparison names the 4 KiB blocks that
     differ."""
-    a, b = pair.alpha, pair.beta
+    a = pair.alpha
     pair.each(lambda vm: vm.ok(f"dd if=/dev/urandom of=/dev/vdb bs=64k count={CLASH_REGION >> 16} "
                                "oflag=direct 2>/dev/null"))
     connect_pair(pair)
