@@ -328,12 +328,15 @@ def measure_link(client, server, client_ip, server_ip, pings, seconds):
     if not line:
         raise vmlib.GuestError(f"no ping summary in: {out}")
     rtt_min, rtt_avg, rtt_max = (float(x) for x in line[0].split("=")[1].split()[0].split("/"))
+    vms = list(dict.fromkeys((client, server)))
+    h0 = host_cpu(vms)
     out = client.ok(f"iperf3 -c {server_ip} -B {client_ip} -t {seconds} -J", seconds + 120)
+    use = host_use(h0, host_cpu(vms))
     res = json.loads(out[out.index("{"):])
     recv = res["end"]["sum_received"]
     return {"rtt_ms": rtt_avg, "rtt_min_ms": rtt_min, "rtt_max_ms": rtt_max,
             "tcp_mbs": recv["bits_per_second"] / 8e6,
-            "tcp_retransmits": res["end"]["sum_sent"].get("retransmits", 0)}
+            "tcp_retransmits": res["end"]["sum_sent"].get("retransmits", 0), **use}
 
 
 def fio_jobfile(dev, jobs, runtime, ramp, region_mib):
@@ -375,6 +378,29 @@ def run_fio(vm, dev, jobs, runtime, ramp, region_mib, before="", after=""):
             raise vmlib.GuestError(f"fio job {name} on {dev} failed with error {f['errors']}")
     figs["before"], figs["after"] = pre, post
     return figs
+
+
+# ---- the host's CPU ------------------------------------------------------------------------------------------
+def host_cpu(vms):
+    """The host's CPU time so far, in clock ticks: (all CPUs' time, their busy time, the QEMU processes' time
+    summed over `vms`). Busy is everything but idle and iowait; a QEMU's time is its utime + stime."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]     # user nice system idle iowait irq softirq steal
+    qemu = 0
+    for vm in vms:
+        if vm.proc is not None:
+            with open(f"/proc/{vm.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # from field 3 (state) on
+            qemu += int(fields[11]) + int(fields[12])
+    return sum(v), sum(v) - v[3] - v[4], qemu
+
+
+def host_use(before, after):
+    """{"host_cores": CPUs of the host busy on average, "qemu_cores": of which the guests' QEMU processes}
+    between two host_cpu() readings (the difference is the host's other work: noise in the figures)."""
+    ncpu = os.cpu_count() or 1
+    wall = max(1, after[0] - before[0]) / ncpu
+    return {"host_cores": (after[1] - before[1]) / wall, "qemu_cores": (after[2] - before[2]) / wall}
 
 
 #: Counters of eth0 on a guest: "rx_packets tx_packets irqs" (irqs: virtio-net's input and output queue
@@ -637,8 +663,13 @@ def run_topology(topo_cls, args, s, payload, drbd_modules):
             for config in s["configs"]:
                 c0 = time.monotonic()
                 dev = cfg.up(config)
-                figs = run_fio(topo.pri.vm, dev, jobs, s["runtime"], s["ramp"], s["region_mib"])
-                rounds[-1][config] = {j: figs[j] for j in jobs}
+                figs = {}
+                for j, job in jobs.items():
+                    # one fio per job, so that the host's CPU use is known per job
+                    h0 = host_cpu(topo.vms)
+                    figs[j] = run_fio(topo.pri.vm, dev, {j: job}, s["runtime"], s["ramp"], s["region_mib"])[j]
+                    figs[j].update(host_use(h0, host_cpu(topo.vms)))
+                rounds[-1][config] = figs
                 if first and topo.name == "two-vm" and s["packets"] and config in ("rmirror-C", "drbd-C"):
                     res["packets"][config] = count_packets(topo, dev, s)
                 if first and s["packets"] and config in ("rmirror-C", "drbd-C"):
@@ -759,7 +790,8 @@ def table(doc):
         link = res.get("link")
         if link:
             lines.append(f"   link: RTT {link['rtt_ms']:.3f} ms (min {link['rtt_min_ms']:.3f}, max "
-                         f"{link['rtt_max_ms']:.3f}), TCP {link['tcp_mbs']:.1f} MB/s (iperf3, one stream)")
+                         f"{link['rtt_max_ms']:.3f}), TCP {link['tcp_mbs']:.1f} MB/s (iperf3, one stream"
+                         + (f"; host CPUs busy {link['host_cores']:.2f}" if "host_cores" in link else "") + ")")
         end = res.get("link_end")
         if end:
             lines.append(f"   link after the runs: RTT {end['rtt_ms']:.3f} ms, TCP {end['tcp_mbs']:.1f} MB/s")
@@ -791,6 +823,7 @@ def table(doc):
                             lo_hi = spread.get(h, {}).get(k)
                             cells.append(f"{fmt(lo_hi[0]) + '-' + fmt(lo_hi[1]) if lo_hi else '-':>14}")
                         lines.append(f"{label:{w}}" + "".join(cells))
+        lines += host_lines(res, configs, w)
         if res.get("disk_requests"):
             lines += ["", f"{'per write (4k QD32), disk reqs':{w}}{'pri wr':>9}{'pri fl':>9}{'sec wr':>9}{'sec fl':>9}"
                       f"{'writes':>8}"]
@@ -812,6 +845,42 @@ def table(doc):
         for p in res.get("kernel_log_problems", []):
             lines.append(f"   KERNEL LOG PROBLEM: {p}")
     return "\n".join(lines) + "\n"
+
+
+#: The figures also given per second of host CPU: (job, fio figure, label, unit).
+PER_CPU = [("qd32", "iops", "4k randwrite QD32x2", "IOPS"), ("seq1m", "mbs", "1 MiB seq write QD4", "MB")]
+
+
+def host_lines(res, configs, w):
+    """The table's host-CPU blocks: how many of the host's CPUs were busy during each job (and how many of
+    them ran the guests' QEMU), and the throughput figures per second of host CPU, with rm-C/drbd-C of
+    those. Under TCG the guests' CPUs and devices are the host's CPU time, so when the host is saturated a
+    driver's throughput is set by the host CPU it costs per write: the second block compares that cost."""
+    cfg = res.get("configs", {})
+    shown = [c for c in configs if all("host_cores" in f for f in cfg[c].values())]
+    if not shown:
+        return []
+    jobs = [j for j in JOBS if any(j in cfg[c] for c in shown)]
+    lines = ["", f"{'host CPUs busy (QEMU)':{w}}" + "".join(f"{SHORT[c]:>12}" for c in shown)]
+    for j in jobs:
+        cells = []
+        for c in shown:
+            f = cfg[c].get(j)
+            cells.append(f"{f['host_cores']:.2f} ({f['qemu_cores']:.2f})" if f else "-")
+        lines.append(f"{j:{w}}" + "".join(f"{x:>12}" for x in cells))
+    pair = "rmirror-C" in shown and "drbd-C" in shown
+    lines += ["", f"{'per second of host CPU':{w}}" + "".join(f"{SHORT[c]:>9}" for c in shown)
+              + (f"{'rm-C/drbd-C':>14}" if pair else "")]
+    for j, fig, label, unit in PER_CPU:
+        if j not in jobs:
+            continue
+        per = {c: cfg[c][j][fig] / cfg[c][j]["host_cores"] for c in shown
+               if j in cfg[c] and cfg[c][j]["host_cores"] > 0}
+        row = f"{label + ' (' + unit + ')':{w}}" + "".join(f"{fmt(per.get(c)):>9}" for c in shown)
+        if pair and per.get("drbd-C"):
+            row += f"{fmt(per['rmirror-C'] / per['drbd-C']):>14}"
+        lines.append(row)
+    return lines
 
 
 def plot(doc, png):
