@@ -654,8 +654,15 @@ impl Device {
         for r in reads {
             self.fail_reads(r);
         }
-        for l in [link, meta].into_iter().flatten() {
-            l.shutdown();
+        // Writes sent under B and C lent their pages to the data socket (zero copy) and end below
+        // without the peer: their submitters may then reuse the pages. A shutdown would keep
+        // retransmitting what the pages hold then, to a peer that may still read this connection
+        // (a one-way cut): abort it instead, nothing undelivered is sent any more.
+        if let Some(l) = &link {
+            if sent.is_empty() { l.shutdown() } else { l.abort() }
+        }
+        if let Some(m) = &meta {
+            m.shutdown();
         }
         self.link_changed.notify_all();
         if self.disk.compare_exchange(crate::detach::ATTACHING, crate::detach::DETACHED, Ordering::AcqRel,

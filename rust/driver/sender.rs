@@ -10,7 +10,7 @@ use crate::outage::ToSend;
 use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, BarrierFlags, Message, WriteFlags, WriteHeaders, WriteMeta};
 use crate::request::{PeerPart, Request};
-use crate::transport::{send_msg, Transport};
+use crate::transport::{send_msg, BioData, Transport};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -138,7 +138,9 @@ fn perform(dev: &Device, p: Picked) {
     let r = match (&job, &link) {
         (_, None) => Err(EINVAL), // cannot happen: a job is only picked while replicating
         (Job::Replay(ts), Some(l)) => send_replay(&**l, ts, inline_max, more, &stop),
-        (Job::Write(req), Some(l)) => send_request(&**l, req, inline_max, more, &stop),
+        (Job::Write(req), Some(l)) => {
+            send_request(&**l, req, inline_max, more, dev.cfg.protocol != Protocol::A, &stop)
+        }
         (Job::Barrier(nr), Some(l)) => {
             send_msg(&**l, &Message::Barrier { nr: *nr, flags: BarrierFlags::FLUSH }, &stop)
         }
@@ -272,8 +274,10 @@ fn send_replay(link: &dyn Transport, ts: &ToSend, inline_max: u32, more: bool, s
     }
 }
 
-fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, more: bool, stop: &dyn Fn() -> bool)
-    -> Result {
+/// Sends a write from its bio's pages; `held`: the bio ends only after the peer's ack (B, C), so
+/// the transport may lend its pages (zero copy).
+fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, more: bool, held: bool,
+                stop: &dyn Fn() -> bool) -> Result {
     if req.len == 0 {
         let flags = if req.preflush || req.fua { BarrierFlags::FLUSH } else { BarrierFlags::empty() };
         return send_msg(link, &Message::Barrier { nr: req.seq, flags }, stop);
@@ -287,9 +291,12 @@ fn send_request(link: &dyn Transport, req: &CloneRef<Request>, inline_max: u32, 
     }
     let meta = WriteMeta { sector: req.sector, len: req.len, seq: req.seq, flags, volume: 0 };
     let hdrs = wire::write_headers(meta, inline_max).map_err(|_| EINVAL)?;
-    req.with_orig(|bio| match &hdrs {
-        WriteHeaders::Small(h) => link.send_more(&[h.as_bytes()], Some(bio), more, stop),
-        WriteHeaders::Large(n, d) => link.send_more(&[n.as_bytes(), d.as_bytes()], Some(bio), more, stop),
+    req.with_orig(|bio| {
+        let data = Some(BioData { bio, held });
+        match &hdrs {
+            WriteHeaders::Small(h) => link.send_more(&[h.as_bytes()], data, more, stop),
+            WriteHeaders::Large(n, d) => link.send_more(&[n.as_bytes(), d.as_bytes()], data, more, stop),
+        }
     })?;
     let counter = if hdrs.is_small() { &req.dev.stats.small_writes } else { &req.dev.stats.large_writes };
     counter.fetch_add(1, Ordering::Relaxed);

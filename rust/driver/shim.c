@@ -132,7 +132,14 @@ struct rmirror_disk *rmirror_disk_create(void *priv, const char *name, struct bl
 	/* REQ_NOWAIT bios are ended with BLK_STS_AGAIN where a write would wait (request.rs). */
 	if (bdev_nowait(backing))
 		lim.features |= BLK_FEAT_NOWAIT;
-	lim.features |= BLK_FEAT_WRITE_CACHE | BLK_FEAT_FUA | BLK_FEAT_IO_STAT;
+	/*
+	 * Stable writes: a write's pages do not change while it is in flight (writers of the page
+	 * cache wait for its writeback), because the same pages go to the local disk and to the peer,
+	 * which could otherwise get different data; under protocols B and C the network may also
+	 * read them later than the local disk does (zero copy, rmirror_sock_send_bio). DRBD sets
+	 * it for the same reason.
+	 */
+	lim.features |= BLK_FEAT_WRITE_CACHE | BLK_FEAT_FUA | BLK_FEAT_IO_STAT | BLK_FEAT_STABLE_WRITES;
 
 	disk = blk_alloc_disk(&lim, NUMA_NO_NODE);
 	if (IS_ERR(disk)) {
@@ -545,32 +552,53 @@ int rmirror_sock_send(struct socket *sock, const void *buf, size_t len, bool mor
 }
 
 /*
- * Sends the data of @bio from byte @skip on, one page segment at a time (TCP copies it into its
- * own buffers: the bio only has to stay live during the call). MSG_MORE on all but the last
- * segment, and on that one too if @more. Returns the bytes sent (possibly fewer) or -errno.
+ * Whether TCP may take references to every page @bv touches (not slab memory: sendpage_ok).
+ * sendpages_ok() would miss the last page of a segment that starts inside one and ends inside
+ * another; skb_splice_from_iter() warns and fails on such a page.
  */
-int rmirror_sock_send_bio(struct socket *sock, struct bio *bio, unsigned int skip, bool more)
+static bool rmirror_bvec_lendable(const struct bio_vec *bv)
 {
-	struct bvec_iter iter = bio->bi_iter;
-	int sent = 0;
+	struct page *p = bv->bv_page + (bv->bv_offset >> PAGE_SHIFT);
+	struct page *last = bv->bv_page + ((bv->bv_offset + bv->bv_len - 1) >> PAGE_SHIFT);
 
-	bio_advance_iter(bio, &iter, skip);
-	while (iter.bi_size) {
-		struct bio_vec bv = bio_iter_iovec(bio, iter);
-		bool last = bv.bv_len == iter.bi_size;
-		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL | (more || !last ? MSG_MORE : 0) };
-		int ret;
+	for (; p <= last; p++)
+		if (!sendpage_ok(p))
+			return false;
+	return true;
+}
 
-		iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, &bv, 1, bv.bv_len);
-		ret = sock_sendmsg(sock, &msg);
-		if (ret <= 0)
-			return sent ? sent : ret;
-		sent += ret;
-		if (ret < bv.bv_len)
-			break;
-		bio_advance_iter_single(bio, &iter, ret);
+/*
+ * Sends the data of @bio from byte @skip on, in one sendmsg over the bio's own segment table (a
+ * bvec iterator: no per-page call). MSG_MORE if @more.
+ *
+ * @lend: the caller keeps the bio's pages unchanged until the peer has the bytes (protocols B and
+ * C end the bio only after the peer's ack). The socket then takes references to the pages instead
+ * of copying them (MSG_SPLICE_PAGES: zero copy, as DRBD's _drbd_send_zc_bio), unless a page may
+ * not be referenced that way (slab memory), when it copies as without @lend.
+ * Returns the bytes sent (possibly fewer) or -errno.
+ */
+int rmirror_sock_send_bio(struct socket *sock, struct bio *bio, unsigned int skip, bool more, bool lend)
+{
+	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL | (more ? MSG_MORE : 0) };
+	struct bvec_iter iter;
+	struct bio_vec bv;
+	unsigned int nr = 0;
+
+	if (skip >= bio->bi_iter.bi_size)
+		return 0;
+	bio_for_each_bvec(bv, bio, iter) {
+		nr++;
+		if (lend && !rmirror_bvec_lendable(&bv))
+			lend = false;
 	}
-	return sent;
+	if (lend)
+		msg.msg_flags |= MSG_SPLICE_PAGES;
+	iov_iter_bvec(&msg.msg_iter, ITER_SOURCE, __bvec_iter_bvec(bio->bi_io_vec, bio->bi_iter), nr,
+		      bio->bi_iter.bi_size);
+	/* a split bio starts inside its first segment (as the loop driver does) */
+	msg.msg_iter.iov_offset = bio->bi_iter.bi_bvec_done;
+	iov_iter_advance(&msg.msg_iter, skip);
+	return sock_sendmsg(sock, &msg);
 }
 
 int rmirror_sock_recv(struct socket *sock, void *buf, size_t len)
@@ -584,6 +612,17 @@ int rmirror_sock_recv(struct socket *sock, void *buf, size_t len)
 void rmirror_sock_shutdown(struct socket *sock)
 {
 	kernel_sock_shutdown(sock, SHUT_RDWR);
+}
+
+/*
+ * Ends the connection at once: a reset to the peer, and what was queued to send or not yet
+ * acknowledged by TCP is dropped, with the socket's references to pages lent by
+ * rmirror_sock_send_bio (a shutdown would keep retransmitting them). Blocked senders and
+ * receivers return with an error, as after a shutdown.
+ */
+void rmirror_sock_abort(struct socket *sock)
+{
+	tcp_abort(sock->sk, ECONNABORTED);
 }
 
 void rmirror_sock_release(struct socket *sock)

@@ -85,9 +85,11 @@ unsafe extern "C" {
     pub(super) fn rmirror_sock_accept(lsock: *mut socket, res: *mut *mut socket) -> c_int;
     pub(super) fn rmirror_sock_connect(addr: u32, port: u16, res: *mut *mut socket) -> c_int;
     pub(super) fn rmirror_sock_send(sock: *mut socket, buf: *const c_void, len: usize, more: bool) -> c_int;
-    pub(super) fn rmirror_sock_send_bio(sock: *mut socket, bio: *mut bio, skip: c_uint, more: bool) -> c_int;
+    pub(super) fn rmirror_sock_send_bio(sock: *mut socket, bio: *mut bio, skip: c_uint, more: bool, lend: bool)
+        -> c_int;
     pub(super) fn rmirror_sock_recv(sock: *mut socket, buf: *mut c_void, len: usize) -> c_int;
     pub(super) fn rmirror_sock_shutdown(sock: *mut socket);
+    pub(super) fn rmirror_sock_abort(sock: *mut socket);
     pub(super) fn rmirror_sock_release(sock: *mut socket);
     pub(super) fn rmirror_sock_peer(sock: *mut socket, addr: *mut u32, port: *mut u16) -> c_int;
     pub(super) fn rmirror_sock_set_rcvtimeo(sock: *mut socket, ms: c_uint);

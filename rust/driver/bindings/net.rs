@@ -106,13 +106,17 @@ impl Socket {
         })
     }
 
-    /// Sends all the data of `bio` (read from its pages; TCP copies it, so the bio need only
-    /// outlive the call); `more` as for [`Socket::send_all`].
-    pub(crate) fn send_bio(&self, bio: &Bio, more: bool, stop: &dyn Fn() -> bool) -> Result {
+    /// Sends all the data of `bio`, read from its pages; `more` as for [`Socket::send_all`].
+    /// Without `lend` TCP copies the data, so the bio need only outlive the call. With `lend`
+    /// TCP may keep references to the pages and read them until the peer has the bytes (zero
+    /// copy): the caller keeps their contents unchanged until then, or what goes on the wire
+    /// may change with them. The references keep the pages themselves alive (memory safety
+    /// does not depend on `lend`).
+    pub(crate) fn send_bio(&self, bio: &Bio, more: bool, lend: bool, stop: &dyn Fn() -> bool) -> Result {
         whole(bio.size() as usize, stop, |done| {
             // SAFETY: `self.0` is valid (invariant); `bio` is live and unchanged while borrowed
             // (its type invariant), `done` is below its size.
-            unsafe { ffi::rmirror_sock_send_bio(self.0.as_ptr(), bio.as_raw(), done as u32, more) }
+            unsafe { ffi::rmirror_sock_send_bio(self.0.as_ptr(), bio.as_raw(), done as u32, more, lend) }
         })
     }
 
@@ -173,6 +177,14 @@ impl Socket {
     pub(crate) fn shutdown(&self) {
         // SAFETY: `self.0` is valid by the type invariant.
         unsafe { ffi::rmirror_sock_shutdown(self.0.as_ptr()) };
+    }
+
+    /// Resets the connection: unlike [`Socket::shutdown`], what is queued or unacknowledged is
+    /// dropped, never sent again, and with it the references to pages lent by
+    /// [`Socket::send_bio`].
+    pub(crate) fn abort(&self) {
+        // SAFETY: `self.0` is valid by the type invariant (a TCP socket: only those are made).
+        unsafe { ffi::rmirror_sock_abort(self.0.as_ptr()) };
     }
 }
 

@@ -18,16 +18,26 @@ pub(crate) struct Counters {
     pub(crate) msgs_received: AtomicU64,
 }
 
+/// The data of a write, sent from its bio's pages (never copied into a buffer of ours first).
+#[derive(Clone, Copy)]
+pub(crate) struct BioData<'a> {
+    pub(crate) bio: &'a Bio,
+    /// The bio's pages stay unchanged until the peer has acknowledged the write (protocols B and
+    /// C end the bio only then): the transport may lend the pages to the network instead of
+    /// copying them (TCP: `MSG_SPLICE_PAGES`; RDMA: registered for the peer to read). Under
+    /// protocol A the bio ends once sent, so its data is copied.
+    pub(crate) held: bool,
+}
+
 /// A connected, reliable, ordered byte transport to the peer.
 pub(crate) trait Transport: Send + Sync {
-    /// Sends `parts`, then the data of `bio` if given (read from its pages, zero copy on our
-    /// side), atomically with respect to other senders.
-    fn send(&self, parts: &[&[u8]], bio: Option<&Bio>, stop: &dyn Fn() -> bool) -> Result {
+    /// Sends `parts`, then the data of `bio` if given, atomically with respect to other senders.
+    fn send(&self, parts: &[&[u8]], bio: Option<BioData<'_>>, stop: &dyn Fn() -> bool) -> Result {
         self.send_more(parts, bio, false, stop)
     }
     /// As [`Transport::send`]; `more`: another message follows at once, so the transport may
     /// hold this one back to send both together (TCP: `MSG_MORE` on the last part too).
-    fn send_more(&self, parts: &[&[u8]], bio: Option<&Bio>, more: bool, stop: &dyn Fn() -> bool) -> Result;
+    fn send_more(&self, parts: &[&[u8]], bio: Option<BioData<'_>>, more: bool, stop: &dyn Fn() -> bool) -> Result;
     /// Receives exactly `buf.len()` bytes (only one receiving thread per transport).
     fn recv_exact(&self, buf: &mut [u8], stop: &dyn Fn() -> bool) -> Result;
     /// Receives exactly `len` bytes into a new buffer, a kernel heap allocation the block layer
@@ -37,6 +47,10 @@ pub(crate) trait Transport: Send + Sync {
     fn counters(&self) -> &Counters;
     /// Breaks the connection; blocked senders and receivers return at once.
     fn shutdown(&self);
+    /// Breaks the connection and drops what it has not delivered yet, so that nothing sent on it
+    /// before, lent pages included, reaches the peer later (TCP: a reset). Blocked senders and
+    /// receivers return at once.
+    fn abort(&self);
     /// Makes a blocked receive consult its `stop` callback every `ms` (default: every second).
     fn set_tick_ms(&self, ms: u32);
     /// Makes this the connection's meta socket: receives tick every `tick_ms`, and the send

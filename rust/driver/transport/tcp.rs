@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The TCP transport: one kernel socket per connection, sends serialized by a mutex.
 
-use super::{Counters, Transport};
+use super::{BioData, Counters, Transport};
 use core::sync::atomic::Ordering::Relaxed;
-use crate::bindings::bio::Bio;
 use crate::bindings::net::Socket;
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -26,7 +25,7 @@ impl Tcp {
 }
 
 impl Transport for Tcp {
-    fn send_more(&self, parts: &[&[u8]], bio: Option<&Bio>, more: bool, stop: &dyn Fn() -> bool) -> Result {
+    fn send_more(&self, parts: &[&[u8]], bio: Option<BioData<'_>>, more: bool, stop: &dyn Fn() -> bool) -> Result {
         let _g = self.send_lock.lock();
         self.counters.msgs_sent.fetch_add(1, Relaxed);
         if !more {
@@ -37,7 +36,7 @@ impl Transport for Tcp {
             self.sock.send_all(p, more || i < last || bio.is_some(), stop)?;
         }
         match bio {
-            Some(b) => self.sock.send_bio(b, more, stop),
+            Some(b) => self.sock.send_bio(b.bio, more, b.held, stop),
             None => Ok(()),
         }
     }
@@ -56,6 +55,10 @@ impl Transport for Tcp {
 
     fn shutdown(&self) {
         self.sock.shutdown();
+    }
+
+    fn abort(&self) {
+        self.sock.abort();
     }
 
     fn set_tick_ms(&self, ms: u32) {
