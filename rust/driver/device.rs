@@ -657,9 +657,11 @@ impl Device {
         // Writes sent under B and C lent their pages to the data socket (zero copy) and end below
         // without the peer: their submitters may then reuse the pages. A shutdown would keep
         // retransmitting what the pages hold then, to a peer that may still read this connection
-        // (a one-way cut): abort it instead, nothing undelivered is sent any more.
+        // (a cut that heals before the peer notices): abort it instead, nothing undelivered is
+        // sent any more. Under A nothing was lent.
         if let Some(l) = &link {
-            if sent.is_empty() { l.shutdown() } else { l.abort() }
+            let lent = !sent.is_empty() && self.cfg.protocol != crate::rcore::state::protocol::Protocol::A;
+            if lent { l.abort() } else { l.shutdown() }
         }
         if let Some(m) = &meta {
             m.shutdown();
