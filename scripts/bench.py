@@ -847,8 +847,9 @@ def table(doc):
     return "\n".join(lines) + "\n"
 
 
-#: The figures also given per second of host CPU: (job, fio figure, label, unit).
-PER_CPU = [("qd32", "iops", "4k randwrite QD32x2", "IOPS"), ("seq1m", "mbs", "1 MiB seq write QD4", "MB")]
+#: The figures also given per second of host CPU: (job, fio figure, label, unit), from METRICS.
+PER_CPU = [(j, f, label, unit.removesuffix("/s")) for k, j, f, label, unit, _ in METRICS
+           if k in ("qd32_iops", "seq1m_mbs")]
 
 
 def host_lines(res, configs, w):

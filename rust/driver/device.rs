@@ -610,6 +610,12 @@ impl Device {
         self.md_work.notify_all();
     }
 
+    /// Whether a write's pages may be lent to the transport (zero copy): under protocols B and C
+    /// its bio ends only after the peer's ack; under A it ends once sent, so its data is copied.
+    pub(crate) fn lends_pages(&self) -> bool {
+        self.cfg.protocol != crate::rcore::state::protocol::Protocol::A
+    }
+
     /// Whether teardown has begun (for thread loops).
     pub(crate) fn stopping(&self) -> bool {
         self.conn.lock().stopping
@@ -660,8 +666,7 @@ impl Device {
         // (a cut that heals before the peer notices): abort it instead, nothing undelivered is
         // sent any more. Under A nothing was lent.
         if let Some(l) = &link {
-            let lent = !sent.is_empty() && self.cfg.protocol != crate::rcore::state::protocol::Protocol::A;
-            if lent { l.abort() } else { l.shutdown() }
+            if !sent.is_empty() && self.lends_pages() { l.abort() } else { l.shutdown() }
         }
         if let Some(m) = &meta {
             m.shutdown();

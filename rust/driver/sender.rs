@@ -139,7 +139,7 @@ fn perform(dev: &Device, p: Picked) {
         (_, None) => Err(EINVAL), // cannot happen: a job is only picked while replicating
         (Job::Replay(ts), Some(l)) => send_replay(&**l, ts, inline_max, more, &stop),
         (Job::Write(req), Some(l)) => {
-            send_request(&**l, req, inline_max, more, dev.cfg.protocol != Protocol::A, &stop)
+            send_request(&**l, req, inline_max, more, dev.lends_pages(), &stop)
         }
         (Job::Barrier(nr), Some(l)) => {
             send_msg(&**l, &Message::Barrier { nr: *nr, flags: BarrierFlags::FLUSH }, &stop)
