@@ -87,16 +87,19 @@ METRICS = [
     ("seq1m_mbs", "seq1m", "mbs", "1 MiB seq write QD4", "MB/s", True),
     ("randread_iops", "randread", "iops", "4k randread QD32", "IOPS", True),
 ]
-CONFIGS = ["raw", "rmirror-C", "rmirror-B", "rmirror-A", "rmirror-standalone", "drbd-C", "drbd-standalone"]
-SHORT = {"raw": "raw", "rmirror-C": "rm-C", "rmirror-B": "rm-B", "rmirror-A": "rm-A",
+#: rmirror-C-gc: protocol C with the secondary's group commit (sysfs peer_durability=flush: one flush
+#: for a batch of completed writes before their acks, instead of FUA per write).
+CONFIGS = ["raw", "rmirror-C", "rmirror-C-gc", "rmirror-B", "rmirror-A", "rmirror-standalone", "drbd-C",
+           "drbd-standalone"]
+SHORT = {"raw": "raw", "rmirror-C": "rm-C", "rmirror-C-gc": "rm-C-gc", "rmirror-B": "rm-B", "rmirror-A": "rm-A",
          "rmirror-standalone": "rm-SA", "drbd-C": "drbd-C", "drbd-standalone": "drbd-SA"}
 #: Plot colours: rmirror in blues, DRBD in oranges.
-COLORS = {"raw": "#444444", "rmirror-C": "#08519c", "rmirror-B": "#3182bd", "rmirror-A": "#6baed6",
+COLORS = {"raw": "#444444", "rmirror-C": "#08519c", "rmirror-C-gc": "#2171b5", "rmirror-B": "#3182bd", "rmirror-A": "#6baed6",
           "rmirror-standalone": "#bdd7e7", "drbd-C": "#d94801", "drbd-standalone": "#fdae6b"}
 #: Ratios printed (numerator, denominator), when both were measured.
 RATIOS = [("rmirror-C", "raw"), ("rmirror-B", "raw"), ("rmirror-A", "raw"), ("rmirror-standalone", "raw"),
-          ("drbd-C", "raw"), ("drbd-standalone", "raw"), ("rmirror-C", "drbd-C"),
-          ("rmirror-standalone", "drbd-standalone")]
+          ("drbd-C", "raw"), ("drbd-standalone", "raw"), ("rmirror-C", "drbd-C"), ("rmirror-C-gc", "drbd-C"),
+          ("rmirror-C-gc", "rmirror-C"), ("rmirror-standalone", "drbd-standalone")]
 TOPOLOGIES = ["two-vm", "one-vm"]
 
 #: Full run and smoke run settings.
@@ -436,9 +439,10 @@ def rmirror_status(node):
     return st[0] if isinstance(st, list) else st
 
 
-def rmirror_up(topo, protocol):
-    """Fresh internal metadata on both disks (identical: no initial sync), the secondary then the primary;
-    returns the primary's device once it replicates."""
+def rmirror_up(topo, protocol, durability="fua"):
+    """Fresh internal metadata on both disks (identical: no initial sync), the secondary (its
+    peer_durability set to `durability`) then the primary; returns the primary's device once it
+    replicates."""
     devs = {}
     for n, role in ((topo.sec, "secondary"), (topo.pri, "primary")):
         peer = topo.pri if n is topo.sec else topo.sec
@@ -446,6 +450,8 @@ def rmirror_up(topo, protocol):
                       f"{CTL} create {n.res} --backing {n.disk} --meta internal --role {role} "
                       f"--local {n.ip}:{RMIRROR_PORT} --peer {peer.ip}:{RMIRROR_PORT} --protocol {protocol}")
         devs[role] = out.strip().splitlines()[-1]
+        if role == "secondary":
+            n.vm.ok(f"echo {durability} > /sys/block/{os.path.basename(devs[role])}/rmirror/peer_durability")
     for role, n in (("primary", topo.pri), ("secondary", topo.sec)):
         al = n.vm.ok(f"cat /sys/block/{os.path.basename(devs[role])}/rmirror/al_extents").strip()
         if al != str(AL_EXTENTS):
@@ -532,6 +538,8 @@ class Configs:
             self.down()
             if config == "raw":
                 self.dev = t.pri.disk
+            elif config == "rmirror-C-gc":
+                self.dev = rmirror_up(t, "C", "flush")
             elif config.startswith("rmirror-"):
                 self.dev = rmirror_up(t, config[-1])
             elif config == "drbd-C":
@@ -670,9 +678,9 @@ def run_topology(topo_cls, args, s, payload, drbd_modules):
                     figs[j] = run_fio(topo.pri.vm, dev, {j: job}, s["runtime"], s["ramp"], s["region_mib"])[j]
                     figs[j].update(host_use(h0, host_cpu(topo.vms)))
                 rounds[-1][config] = figs
-                if first and topo.name == "two-vm" and s["packets"] and config in ("rmirror-C", "drbd-C"):
+                if first and topo.name == "two-vm" and s["packets"] and config in ("rmirror-C", "rmirror-C-gc", "drbd-C"):
                     res["packets"][config] = count_packets(topo, dev, s)
-                if first and s["packets"] and config in ("rmirror-C", "drbd-C"):
+                if first and s["packets"] and config in ("rmirror-C", "rmirror-C-gc", "drbd-C"):
                     res.setdefault("disk_requests", {})[config] = count_disk_requests(topo, dev, s)
                 if first and args.profile:
                     text = profile(topo, dev, args.profile, s)
@@ -807,11 +815,11 @@ def table(doc):
         rat = ratios(vals)
         if rat:
             heads = list(rat)
-            head_cells = "".join(f"{SHORT[h.split('/')[0]] + '/' + SHORT[h.split('/')[1]]:>14}" for h in heads)
+            head_cells = "".join(f"{SHORT[h.split('/')[0]] + '/' + SHORT[h.split('/')[1]]:>16}" for h in heads)
             lines += ["", f"{'ratio (latency: lower is better)':{w}}" + head_cells]
             for k, j, f, label, unit, _ in METRICS:
                 if any(k in rat[h] for h in heads):
-                    lines.append(f"{label:{w}}" + "".join(f"{fmt(rat[h].get(k)):>14}" for h in heads))
+                    lines.append(f"{label:{w}}" + "".join(f"{fmt(rat[h].get(k)):>16}" for h in heads))
             spread = ratio_spread(res)
             if spread:
                 n = len(res["rounds"])
@@ -821,7 +829,7 @@ def table(doc):
                         cells = []
                         for h in heads:
                             lo_hi = spread.get(h, {}).get(k)
-                            cells.append(f"{fmt(lo_hi[0]) + '-' + fmt(lo_hi[1]) if lo_hi else '-':>14}")
+                            cells.append(f"{fmt(lo_hi[0]) + '-' + fmt(lo_hi[1]) if lo_hi else '-':>16}")
                         lines.append(f"{label:{w}}" + "".join(cells))
         lines += host_lines(res, configs, w)
         if res.get("disk_requests"):

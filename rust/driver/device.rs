@@ -226,6 +226,9 @@ pub(crate) struct Device {
     pub(crate) stats: Stats,
     /// Small-write threshold in bytes (sysfs `inline_max`).
     pub(crate) inline_max: AtomicU32,
+    /// How this device, as a secondary, makes protocol C's writes durable (sysfs
+    /// `peer_durability`): set for group commit (`Durability::Flush`), clear for FUA per write.
+    pub(crate) group_commit: AtomicBool,
     seq: AtomicU32,
     /// Zero of the millisecond clock the connection state machine runs on.
     epoch: Instant<Monotonic>,
@@ -422,6 +425,7 @@ impl Device {
                 bioset: BioSet::new()?,
                 stats: Stats::default(),
                 inline_max: AtomicU32::new(t.inline_max),
+                group_commit: AtomicBool::new(false),
                 seq: AtomicU32::new(1),
                 epoch,
                 conn <- new_mutex!(Conn {
@@ -608,6 +612,13 @@ impl Device {
         self.link_changed.notify_all();
         self.al_cv.notify_all();
         self.md_work.notify_all();
+    }
+
+    /// How this device, as a secondary, makes protocol C's writes durable (`state::peer`,
+    /// rule 5).
+    pub(crate) fn durability(&self) -> crate::rcore::state::peer::Durability {
+        use crate::rcore::state::peer::Durability;
+        if self.group_commit.load(Ordering::Relaxed) { Durability::Flush } else { Durability::Fua }
     }
 
     /// Whether a write's pages may be lent to the transport (zero copy): under protocols B and C

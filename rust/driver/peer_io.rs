@@ -21,9 +21,14 @@
 //! - A write is retired only after its ack is sent (or its connection is gone), so a barrier
 //!   ack never overtakes the acks of the writes before it.
 //!
-//! Durability under protocol C: each write goes with FUA and is acked from its completion (the
-//! acked write survives the secondary's power loss). Under A and B writes go with the primary's
-//! own FUA only; the barrier's flush makes them durable, as before.
+//! Durability under protocol C (`rcore::state::peer`, rule 5), by sysfs `peer_durability`:
+//! - `fua` (the default): each write goes with FUA and is acked from its completion;
+//! - `flush` (group commit): writes go with the primary's own FUA only, and the acker, before
+//!   sending the acks of a batch of completed writes, flushes once; the writes that complete
+//!   during that flush form the next batch.
+//!
+//! Either way an acked write survives the secondary's power loss. Under A and B writes go with
+//! the primary's own FUA only; the barrier's flush makes them durable, as before.
 
 use crate::bindings::bdev::{AsyncWrite, WriteDone};
 use crate::bindings::bio::Status;
@@ -42,8 +47,10 @@ pub(crate) const MAX_BYTES: usize = 8 << 20;
 /// What a write owes the primary once done.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Owed {
-    /// A replicated write; `durable`: protocol C's ack (else only a failure is reported).
-    Write { seq: u32, durable: bool },
+    /// A replicated write; `durable`: protocol C's ack (else only a failure is reported);
+    /// `flush`: the write went without FUA, so the ack waits for the acker's flush (group
+    /// commit).
+    Write { seq: u32, durable: bool, flush: bool },
     /// A resync chunk: `ResyncAck`, then `InSync` if it was the last one.
     Resync,
 }
@@ -195,6 +202,20 @@ impl Device {
         };
         let stop = || !self.is_current(generation);
         let mut lost = None;
+        // Group commit (`rcore::state::peer`, rule 5): one flush, submitted after every write of
+        // the batch completed, makes them durable before their acks; if it fails, they are
+        // acked `Negative` and the primary marks their ranges.
+        let owes_flush = |w: &AsyncWrite<PeerWrite>| {
+            matches!(w.tag.owed, Owed::Write { flush: true, .. }) && w.tag.status.is_ok() && w.tag.generation == generation
+        };
+        if meta.is_some() && batch.iter().any(|w| owes_flush(w)) {
+            if let Err(e) = self.backing.flush() {
+                pr_err!("{}: flush before the acks of a group commit failed\n", &*self.cfg.name);
+                for w in batch.iter_mut().filter(|w| owes_flush(w)) {
+                    w.tag.status = Status::from_errno(e);
+                }
+            }
+        }
         // Messages in `out` (one send counts one; the rest are added here).
         let mut batched = 0u64;
         out.clear();
@@ -203,7 +224,7 @@ impl Device {
             let current = t.generation == generation && meta.is_some();
             let mut msgs: [Option<Message<'static>>; 2] = [None, None];
             match t.owed {
-                Owed::Write { seq, durable } => {
+                Owed::Write { seq, durable, .. } => {
                     if !t.status.is_ok() {
                         pr_err!("{}: write of {} sectors at {} failed\n", &*self.cfg.name, t.sectors, t.sector);
                         msgs[0] = Some(Message::Ack { seq, kind: AckKind::Negative });

@@ -11,7 +11,7 @@ use crate::device::Device;
 use crate::rcore::state::protocol::Protocol;
 use crate::rcore::wire::{self, AckKind, BarrierFlags, Limits, Message, RleApply, WriteFlags};
 use crate::peer_io::Owed;
-use crate::rcore::state::peer::Step;
+use crate::rcore::state::peer::{Durability, Step};
 use crate::transport::{recv_frame, send_msg, RecvError, Transport};
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -197,9 +197,11 @@ fn other(dev: &Device, msg: Message<'_>, generation: u64, announced: &Option<(u3
 /// device, acknowledged as its replication protocol says (both sides' tables name the same
 /// one):
 ///
-/// - C: the write goes with FUA and is acked `Durable` from its completion (`peer_io`): the
-///   peer holds every acknowledged write even if it loses power right after the ack (the
-///   failover guarantee).
+/// - C: the write is acked `Durable` once it is on stable storage (`peer_io`): it goes with
+///   FUA and is acked from its completion, or, with sysfs `peer_durability` = `flush`, it goes
+///   without and the acker flushes once for a batch of completed writes before their acks
+///   (group commit). Either way the peer holds every acknowledged write even if it loses power
+///   right after the ack (the failover guarantee).
 /// - B: `Received` is acked on the meta socket before the write starts.
 /// - A: no ack.
 ///
@@ -220,7 +222,8 @@ fn apply(dev: &Arc<Device>, generation: u64, meta: &wire::WriteMeta, payload: KV
     if (Step::Write { preflush }).drains() {
         dev.peer_drain();
     }
-    let fua = proto == Protocol::C || meta.flags.contains(WriteFlags::FUA);
-    let owed = Owed::Write { seq: meta.seq, durable: proto == Protocol::C };
+    let durable = proto == Protocol::C;
+    let fua = dev.durability().submit_fua(durable, meta.flags.contains(WriteFlags::FUA));
+    let owed = Owed::Write { seq: meta.seq, durable, flush: Durability::flush_before_ack(durable, fua) };
     dev.peer_submit(generation, meta.sector, payload, owed, preflush, fua)
 }

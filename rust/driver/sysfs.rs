@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `/sys/block/rmirrorN/rmirror/`: read-only views of the configuration and state, and the
-//! tunables (`inline_max`, `resync_rate`, `outage_queue_bytes`, `al_extents` and the connection timers), each
+//! tunables (`inline_max`, `resync_rate`, `outage_queue_bytes`, `al_extents`, `peer_durability` and the
+//! connection timers), each
 //! validated on write; see `Documentation/ABI-sysfs.rst`.
 
 use crate::bindings::disk::Attribute;
@@ -8,6 +9,7 @@ use crate::device::{Addr, Device};
 use crate::rcore::abi::{status, TextWriter};
 use crate::outage::MAX_BYTES_LIMIT;
 use crate::rcore::state::conn;
+use crate::rcore::state::peer::Durability;
 use crate::rcore::state::resync::MAX_RATE;
 use crate::rcore::table::{INLINE_MAX_ALIGN, INLINE_MAX_LIMIT};
 use core::fmt::Write;
@@ -35,13 +37,14 @@ const CONNECT_RETRY: usize = 16;
 const OUTAGE_MAX: usize = 17;
 const AL_EXTENTS: usize = 18;
 const ACTIVITY_LOG: usize = 19;
+const PEER_DURABILITY: usize = 20;
 
 const fn ro(name: &'static kernel::str::CStr) -> Attribute {
     Attribute { name, writable: false }
 }
 
 /// The files of `/sys/block/rmirrorN/rmirror/`, by id.
-pub(crate) static ATTRS: [Attribute; 20] = [
+pub(crate) static ATTRS: [Attribute; 21] = [
     ro(c"name"),
     ro(c"role"),
     ro(c"cstate"),
@@ -62,6 +65,7 @@ pub(crate) static ATTRS: [Attribute; 20] = [
     Attribute { name: c"outage_max", writable: true },
     Attribute { name: c"al_extents", writable: true },
     ro(c"activity_log"),
+    Attribute { name: c"peer_durability", writable: true },
 ];
 
 /// The connection timer behind attribute `attr` (milliseconds), with its file name.
@@ -120,6 +124,7 @@ pub(crate) fn show(dev: &Device, attr: usize, page: &mut [u8]) -> Result<usize> 
                 None => writeln!(w, "none"),
             }
         }
+        PEER_DURABILITY => writeln!(w, "{}", dev.durability().as_str()),
         _ => return Err(EINVAL),
     };
     r.map_err(|_| ENOSPC)?;
@@ -166,6 +171,17 @@ pub(crate) fn store(dev: &Device, attr: usize, input: &[u8]) -> Result {
                 EINVAL
             })?;
             dev.al_resize(v)
+        }
+        // Takes effect for the writes received from then on: each write records how it was
+        // submitted (`peer_io::Owed`), so a change never leaves an ack without its guarantee.
+        PEER_DURABILITY => {
+            let d = Durability::parse(input).ok_or_else(|| {
+                pr_err!("{}: peer_durability: expected fua or flush\n", &*dev.cfg.name);
+                EINVAL
+            })?;
+            dev.group_commit.store(d == Durability::Flush, Ordering::Relaxed);
+            pr_info!("{}: peer_durability set to {}\n", &*dev.cfg.name, d.as_str());
+            Ok(())
         }
         _ => Err(EACCES),
     }

@@ -471,6 +471,101 @@ def test_protocols_a_and_b_keep_their_promise_through_a_link_cut(pair, proto):
     assert sums["alpha"] == sums["beta"], sums
 
 
+#: Block-layer trace of beta's backing disk: every bio queued to it, with its flags (rwbs).
+TRACE = "/sys/kernel/tracing"
+
+
+def trace_start(vm, disk="vdb"):
+    """Trace the bios queued to `disk` (block:block_bio_queue, filtered on its device number)."""
+    major, minor = vm.ok(f"cat /sys/block/{disk}/dev").strip().split(":")
+    vm.ok(f"mountpoint -q {TRACE} || mount -t tracefs nodev {TRACE}; echo 0 > {TRACE}/tracing_on; "
+          f"echo 8192 > {TRACE}/buffer_size_kb; echo > {TRACE}/trace; "
+          f"echo 'dev == {(int(major) << 20) | int(minor)}' > {TRACE}/events/block/block_bio_queue/filter; "
+          f"echo 1 > {TRACE}/events/block/block_bio_queue/enable; echo 1 > {TRACE}/tracing_on")
+
+
+def trace_bios(vm):
+    """Stop the trace; returns (data writes with FUA, data writes without, empty flushes) seen since
+    trace_start, and whether the ring buffer overflowed (then the counts are short)."""
+    vm.ok(f"echo 0 > {TRACE}/tracing_on; echo 0 > {TRACE}/events/block/block_bio_queue/enable")
+    fua = plain = flushes = 0
+    for line in vm.ok(f"cat {TRACE}/trace", timeout=120).splitlines():
+        if "block_bio_queue:" not in line:
+            continue
+        f = line.split("block_bio_queue:")[1].split()
+        rwbs, sectors = f[1], int(f[4]) if len(f) > 4 and f[3] == "+" else 0
+        if rwbs.startswith("F") and sectors == 0:
+            flushes += 1
+        elif "W" in rwbs and sectors > 0:
+            if "F" in rwbs[rwbs.index("W"):]:
+                fua += 1
+            else:
+                plain += 1
+    lost = vm.ok(f"grep -h overrun {TRACE}/per_cpu/cpu*/stats | awk '{{s += $2}} END {{print s + 0}}'").strip()
+    return fua, plain, flushes, int(lost) > 0
+
+
+def test_group_commit_flushes_per_batch_and_keeps_its_promise_through_a_link_cut(pair):
+    """beta's peer_durability=flush (group commit, state::peer rule 5): a protocol C write goes to beta's
+    disk without FUA, and the acker flushes once before sending the acks of the writes completed since its
+    last flush. Seen from beta's block layer (its bios traced): under "fua" each replicated write is a FUA
+    write; under "flush" none is, and the flushes come in no greater number than the writes. Bad values
+    are refused with EINVAL and a kernel message. Then the link is cut under load: writes go on through
+    the outage, and after the heal every write alpha acknowledged is on beta and the disks are equal.
+
+    The VM cannot lose beta's disk cache (a killed QEMU leaves its writes in the host's page cache), so
+    the rule itself (no Durable ack before a flush that follows the write) is proven by the simulator's
+    planted bug (rust/core/tests/sim.rs, "group commit acks before its flush")."""
+    a, b = pair.alpha, pair.beta
+    same_start(pair)
+    connect_pair(pair, opts=TIMERS)
+    d = "/sys/block/rmirror0/rmirror"
+    assert b.ok(f"cat {d}/peer_durability").strip() == "fua"
+    for bad in ("bogus", "FUA", "''", "flush1"):
+        marker = f"rmirror-test: peer_durability {bad}"
+        klog_marker(b, marker)
+        rc, out = sysfs_write(b, f"{d}/peer_durability", bad)
+        assert rc != 0 and "Invalid argument" in out, f"peer_durability={bad!r} accepted: {out}"
+        assert any("peer_durability: expected fua or flush" in line for _, line in klog(b, since=marker)), bad
+        assert b.ok(f"cat {d}/peer_durability").strip() == "fua"
+    # FUA per write (the default): each replicated write is a FUA write on beta.
+    trace_start(b)
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/g0.log --size 16M --jobs 4 --count 200 --seed 70", timeout=300)
+    fua, plain, flushes, lost = trace_bios(b)
+    print(f"peer_durability=fua: {fua} FUA writes, {plain} plain, {flushes} flushes on beta's disk")
+    assert not lost and fua >= 200 and plain == 0, (fua, plain, flushes)
+    # Group commit: no FUA write; a flush per batch of acks, so no more flushes than writes.
+    rc, out = sysfs_write(b, f"{d}/peer_durability", "flush")
+    assert rc == 0, out
+    assert b.ok(f"cat {d}/peer_durability").strip() == "flush"
+    assert "peer_durability set to flush" in b.ok("dmesg | tail -5")
+    trace_start(b)
+    a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/g1.log --size 16M --jobs 8 --count 1000 --seed 71", timeout=300)
+    fua, plain, flushes, lost = trace_bios(b)
+    print(f"peer_durability=flush: {fua} FUA writes, {plain} plain, {flushes} flushes on beta's disk "
+          f"({flushes / max(plain, 1):.2f} per write)")
+    assert not lost and fua == 0 and plain >= 1000 and 0 < flushes <= plain, (fua, plain, flushes)
+    st = wait_in_sync(a)
+    assert st["acks"] == st["writes"], st
+    # A link cut under load, with group commit on.
+    background(a, f"{CHECK} write /dev/rmirror0 --log /tmp/g2.log --offset 16M --size 16M --jobs 4 --seconds 25 "
+                  "--rate-per-sec 60 --seed 72", "g2")
+    a.ok("sleep 5")
+    cut(a, IP["beta"])
+    wait_cstate(a, "outage", timeout=30)
+    a.ok("sleep 3")
+    heal(a)
+    rc, out = wait_background(a, "g2", timeout=120)
+    assert rc == 0, out
+    wait_in_sync(a, timeout=120)
+    for log in ("/tmp/g0.log", "/tmp/g1.log", "/tmp/g2.log"):
+        copy_file(a, b, log)
+    res = verify(b, "/dev/vdb", ["/tmp/g0.log", "/tmp/g1.log", "/tmp/g2.log"], 0, 32)
+    assert res["rc"] == 0 and res["missing"] == 0 and res["corrupt"] == 0 and res["present"] > 0, res
+    sums = pair.each(lambda vm: md5_dev(vm, nbytes=64 << 20, bs=1 << 20))
+    assert sums["alpha"] == sums["beta"], sums
+
+
 def test_tables_naming_different_protocols_are_refused(pair):
     """alpha's table says B, beta's C: both refuse the connection with the reason in their logs, alpha goes
     standalone, and nothing reaches beta's disk."""

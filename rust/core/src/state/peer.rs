@@ -2,8 +2,9 @@
 //! The secondary's writes in flight: which may start now (DRBD's peer requests, reduced).
 //!
 //! The secondary submits each replicated write (and each resync chunk) without waiting for the
-//! one before, and acks it from its completion. Three rules keep its disk a copy of the
-//! primary's; this type decides the first two, the driver carries them out:
+//! one before, and acks it from its completion. These rules keep its disk a copy of the
+//! primary's and its acks true; this type and [`Durability`] decide them, the driver carries
+//! them out:
 //!
 //! 1. Two writes that overlap are never in flight together: the later waits until the earlier
 //!    is retired ([`InFlight::admit`] refuses with [`Wait::Overlap`]). The primary never has two
@@ -21,6 +22,8 @@
 //!    flushes and acks it, in the order the barriers came ([`InFlight::pop_epoch`]). Writes of
 //!    later epochs may reach the disk before that flush; the flush only has to cover the
 //!    writes before the barrier.
+//! 5. A `Durable` ack is sent only once its write is on stable storage: the write went with
+//!    FUA, or a flush submitted after it completed succeeded ([`Durability`]).
 //!
 //! A write is retired ([`InFlight::retire`]) only after its ack was sent (or its connection is
 //! gone), so a barrier's ack never overtakes the acks of the writes before it.
@@ -92,6 +95,55 @@ impl Step {
     /// Whether every write in flight must be retired first (rule 3).
     pub fn drains(self) -> bool {
         !matches!(self, Step::Write { preflush: false } | Step::ResyncData | Step::Barrier)
+    }
+}
+
+/// How a secondary makes protocol C's writes durable before their `Durable` ack (rule 5).
+///
+/// An ack that promises stable storage is sent only once the write is there: either the
+///    write itself went with FUA ([`Durability::Fua`]), or a flush was *submitted after the
+///    write completed* and succeeded ([`Durability::Flush`], a group commit: the acker flushes
+///    once for every write that completed since its last flush, then acks them all). A failed
+///    flush turns those acks into failures (the primary marks their ranges). The primary's
+///    own FUA is always kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Each write goes with FUA and is acked from its own completion (the default).
+    #[default]
+    Fua,
+    /// Writes go without FUA (unless the primary's had it); one flush per batch of completed
+    /// writes comes before their acks.
+    Flush,
+}
+
+impl Durability {
+    /// Whether a write goes to the disk with FUA; `durable`: its ack promises stable storage
+    /// (protocol C); `fua`: the primary's bio had FUA.
+    pub fn submit_fua(self, durable: bool, fua: bool) -> bool {
+        fua || (durable && self == Durability::Fua)
+    }
+
+    /// Whether a completed write needs a flush (submitted after its completion) before its
+    /// ack may be sent: it promises stable storage and did not go with FUA.
+    pub fn flush_before_ack(durable: bool, submitted_fua: bool) -> bool {
+        durable && !submitted_fua
+    }
+
+    /// The name used in sysfs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fua => "fua",
+            Durability::Flush => "flush",
+        }
+    }
+
+    /// Parses a sysfs value (`fua` or `flush`, a trailing newline allowed).
+    pub fn parse(s: &[u8]) -> Option<Self> {
+        match s.strip_suffix(b"\n").unwrap_or(s) {
+            b"fua" => Some(Durability::Fua),
+            b"flush" => Some(Durability::Flush),
+            _ => None,
+        }
     }
 }
 
@@ -226,6 +278,28 @@ mod tests {
 
     fn inflight(n: usize, max: u64) -> InFlight<std::vec::Vec<Slot>> {
         InFlight::new(vec![Slot::FREE; n], max)
+    }
+
+    #[test]
+    fn durability_rule() {
+        use Durability::*;
+        // FUA mode: protocol C's writes go with FUA and need no flush; A/B keep the primary's.
+        assert!(Fua.submit_fua(true, false) && !Fua.submit_fua(false, false) && Fua.submit_fua(false, true));
+        // Flush mode: only the primary's FUA; the ack then waits for a flush.
+        assert!(!Flush.submit_fua(true, false) && Flush.submit_fua(true, true) && !Flush.submit_fua(false, false));
+        for d in [Fua, Flush] {
+            for (durable, fua) in [(true, false), (true, true), (false, false), (false, true)] {
+                let sub = d.submit_fua(durable, fua);
+                // A durable ack is backed by FUA or by a flush, never by neither.
+                assert_eq!(Durability::flush_before_ack(durable, sub), durable && !sub);
+                assert!(!durable || sub || Durability::flush_before_ack(durable, sub));
+            }
+            assert_eq!(Durability::parse(d.as_str().as_bytes()), Some(d));
+        }
+        assert_eq!(Durability::parse(b"flush\n"), Some(Flush));
+        assert_eq!(Durability::parse(b""), None);
+        assert_eq!(Durability::parse(b"FUA"), None);
+        assert_eq!(Durability::parse(b"flush\n\n"), None);
     }
 
     #[test]

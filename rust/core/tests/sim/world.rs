@@ -15,6 +15,7 @@ use rmirror_core::bitmap::Bitmap;
 use rmirror_core::state::conn::{self, Conn, State as CState};
 use rmirror_core::state::device::{self, Disk, Peer, Repl, Role};
 use rmirror_core::state::outage::{self, Entry, Push, Queue};
+use rmirror_core::state::peer::Durability;
 use rmirror_core::state::protocol::{Event, Net, Protocol, Request, Status};
 use rmirror_core::state::resync::{self, Controller, ControllerConfig, Decision, Fixup, TokenBucket, Uuids};
 
@@ -55,6 +56,8 @@ pub struct Bugs {
     pub skip_retire_marks: bool,
     /// The sync source ignores the target's bitmap (no `PEER_BITMAP` exchange).
     pub ignore_peer_bitmap: bool,
+    /// Group commit (`Durability::Flush`) sends its acks without the flush.
+    pub ack_without_flush: bool,
 }
 
 /// Counters of one run.
@@ -149,11 +152,13 @@ enum Ev {
     Deliver(usize),
     Established(usize, u64),
     Fault(Fault),
+    /// The secondary's acker: one flush, then the acks of the writes completed before it.
+    AckerFlush(usize),
 }
 
 enum IoKind {
     App(u64),
-    Repl { req: u64, q: Option<u64>, epoch: u64 },
+    Repl { req: u64, q: Option<u64>, epoch: u64, flush: bool },
     Rs { blk: u64, epoch: u64 },
 }
 
@@ -223,6 +228,9 @@ struct Node {
     /// them is older and must be dropped).
     rs_written: BTreeSet<u64>,
     want_primary_at: Option<u64>,
+    /// Group commit: acks of completed writes waiting for the acker's flush (req, q, epoch).
+    unflushed: Vec<(u64, Option<u64>, u64)>,
+    acker_armed: bool,
     /// The operator said `connect --discard-my-data` (until a resync as target starts).
     discard_my_data: bool,
 }
@@ -249,6 +257,8 @@ pub struct World {
     fifo: [VecDeque<(u64, u64, Msg)>; 2],
     establishing: bool,
     proto: Protocol,
+    /// How the secondary makes protocol C's writes durable (rule 5 of `state::peer`).
+    durability: Durability,
     qbytes: u64,
     next_val: u64,
     hot: u64,
@@ -316,6 +326,8 @@ impl Node {
             busy: vec![0; NBLK as usize],
             rs_written: BTreeSet::new(),
             want_primary_at: None,
+            unflushed: Vec::new(),
+            acker_armed: false,
             discard_my_data: false,
         }
     }
@@ -334,6 +346,9 @@ impl World {
                 _ => Protocol::C,
             }
         };
+        // From the seed, not the generator: the other draws stay as they were.
+        let durability =
+            if bugs.ack_without_flush || seed % 2 == 1 { Durability::Flush } else { Durability::Fua };
         let qslots = rng.range(8, 128) as usize;
         let qbytes = rng.range(16, 256) * 4096;
         let mut w = World {
@@ -348,6 +363,7 @@ impl World {
             fifo: [VecDeque::new(), VecDeque::new()],
             establishing: false,
             proto,
+            durability,
             qbytes,
             next_val: 1,
             hot: 0,
@@ -364,7 +380,7 @@ impl World {
         };
         w.nodes[0].dev.role = Role::Primary;
         let qb = w.qbytes;
-        w.log(format_args!("proto {} queue {} slots {} bytes", proto.as_str(), qslots, qb));
+        w.log(format_args!("proto {} durability {} queue {} slots {} bytes", proto.as_str(), durability.as_str(), qslots, qb));
         w
     }
 
@@ -495,6 +511,27 @@ impl World {
                 }
             }
             Ev::Fault(f) => self.fault(f),
+            Ev::AckerFlush(n) => self.acker_flush(n),
+        }
+    }
+
+    /// Group commit: one flush covers every write completed before it, then their acks go
+    /// (those of a connection that is gone are dropped, as the driver's acker does).
+    fn acker_flush(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.acker_armed = false;
+        if !node.alive || node.unflushed.is_empty() {
+            return;
+        }
+        if !self.bugs.ack_without_flush {
+            self.log(format_args!("n{n} acker flush, {} acks", self.nodes[n].unflushed.len()));
+            self.nodes[n].disk.flush();
+        }
+        let acks = std::mem::take(&mut self.nodes[n].unflushed);
+        for (req, q, epoch) in acks {
+            if self.nodes[n].sock == Some(epoch) {
+                self.send(n, Msg::Ack { req, q });
+            }
         }
     }
 
@@ -826,7 +863,17 @@ impl World {
         match kind {
             IoKind::App(id) => self.req_event(n, id, Event::LocalDone),
             // Peer requests belong to their connection: no ack on a later one.
-            IoKind::Repl { req, q, epoch } => {
+            IoKind::Repl { req, q, epoch, flush: true } => {
+                // Group commit: the ack waits for a flush submitted after this completion.
+                let node = &mut self.nodes[n];
+                node.unflushed.push((req, q, epoch));
+                if !node.acker_armed {
+                    node.acker_armed = true;
+                    let t = self.now + self.rng.range(0, 4);
+                    self.at(t, Ev::AckerFlush(n));
+                }
+            }
+            IoKind::Repl { req, q, epoch, flush: false } => {
                 if self.nodes[n].sock == Some(epoch) {
                     self.send(n, Msg::Ack { req, q });
                 }
@@ -875,10 +922,14 @@ impl World {
                 if proto == Protocol::B && q.is_none() {
                     self.send(n, Msg::RecvAck { req });
                 }
+                // Under A and B the sim's secondary keeps FUA; C follows the durability rule.
+                let durable = proto == Protocol::C;
+                let fua = !durable || self.durability.submit_fua(durable, false);
+                let flush = Durability::flush_before_ack(durable, fua);
                 let node = &mut self.nodes[n];
-                let (io, t) = node.disk.submit(now, &mut self.rng, first, cnt, val, true);
+                let (io, t) = node.disk.submit(now, &mut self.rng, first, cnt, val, fua);
                 let epoch = node.sock.unwrap();
-                node.ios.insert(io, IoKind::Repl { req, q, epoch });
+                node.ios.insert(io, IoKind::Repl { req, q, epoch, flush });
                 self.at(t, Ev::DiskDone(n, io));
             }
             Msg::RecvAck { req } => self.req_event(n, req, Event::AckReceived),
@@ -1267,6 +1318,7 @@ impl World {
         node.conn = Conn::new(conn_cfg()).unwrap();
         node.dev = device::State { role: Role::Secondary, repl: Repl::Off, peer: None, ..node.dev };
         node.want_primary_at = None;
+        node.unflushed.clear();
         for b in 0..NBLK as usize {
             if self.nodes[n].disk.durable[b] < self.guaranteed[n][b] {
                 return self.fail(format!("block {b}: flushed write lost by the disk model"));
