@@ -41,6 +41,8 @@ use kernel::sync::Arc;
 
 /// Writes in flight on a secondary at most.
 pub(crate) const MAX_WRITES: usize = 64;
+// `acks` keeps a bit per write of a batch in a u64.
+const _: () = assert!(MAX_WRITES <= 64);
 /// Bytes in flight on a secondary at most (a single larger write still goes alone).
 pub(crate) const MAX_BYTES: usize = 8 << 20;
 
@@ -206,27 +208,38 @@ impl Device {
         // the batch completed, makes them durable before their acks; if it fails, they are
         // acked `Negative` and the primary marks their ranges.
         let owes_flush = |w: &AsyncWrite<PeerWrite>| {
-            matches!(w.tag.owed, Owed::Write { flush: true, .. }) && w.tag.status.is_ok() && w.tag.generation == generation
+            let t = &w.tag;
+            matches!(t.owed, Owed::Write { flush: true, .. }) && t.status.is_ok() && t.generation == generation
         };
+        // The writes (by index in the batch, at most MAX_WRITES) that a failed flush left not durable.
+        let mut not_durable = 0u64;
         if meta.is_some() && batch.iter().any(|w| owes_flush(w)) {
             if let Err(e) = self.backing.flush() {
-                pr_err!("{}: flush before the acks of a group commit failed\n", &*self.cfg.name);
-                for w in batch.iter_mut().filter(|w| owes_flush(w)) {
-                    w.tag.status = Status::from_errno(e);
+                let n = batch.iter().filter(|w| owes_flush(w)).count();
+                pr_err!("{}: flush before the acks of {} writes (group commit) failed: they are not durable\n",
+                    &*self.cfg.name, n);
+                for (i, w) in batch.iter_mut().enumerate() {
+                    if owes_flush(w) {
+                        w.tag.status = Status::from_errno(e);
+                        not_durable |= 1u64.checked_shl(i as u32).unwrap_or(0);
+                    }
                 }
             }
         }
         // Messages in `out` (one send counts one; the rest are added here).
         let mut batched = 0u64;
         out.clear();
-        for w in batch.iter() {
+        for (i, w) in batch.iter().enumerate() {
             let t = &w.tag;
             let current = t.generation == generation && meta.is_some();
             let mut msgs: [Option<Message<'static>>; 2] = [None, None];
             match t.owed {
                 Owed::Write { seq, durable, .. } => {
                     if !t.status.is_ok() {
-                        pr_err!("{}: write of {} sectors at {} failed\n", &*self.cfg.name, t.sectors, t.sector);
+                        // (After a failed group flush, its one message above says it all.)
+                        if not_durable & 1u64.checked_shl(i as u32).unwrap_or(0) == 0 {
+                            pr_err!("{}: write of {} sectors at {} failed\n", &*self.cfg.name, t.sectors, t.sector);
+                        }
                         msgs[0] = Some(Message::Ack { seq, kind: AckKind::Negative });
                     } else if durable {
                         msgs[0] = Some(Message::Ack { seq, kind: AckKind::Durable });

@@ -533,12 +533,14 @@ def test_group_commit_flushes_per_batch_and_keeps_its_promise_through_a_link_cut
     a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/g0.log --size 16M --jobs 4 --count 200 --seed 70", timeout=300)
     fua, plain, flushes, lost = trace_bios(b)
     print(f"peer_durability=fua: {fua} FUA writes, {plain} plain, {flushes} flushes on beta's disk")
-    assert not lost and fua >= 200 and plain == 0, (fua, plain, flushes)
+    assert not lost and fua >= 200 and plain == 0 and flushes == 0, (fua, plain, flushes)
     # Group commit: no FUA write; a flush per batch of acks, so no more flushes than writes.
+    klog_marker(b, "rmirror-test: peer_durability flush")
     rc, out = sysfs_write(b, f"{d}/peer_durability", "flush")
     assert rc == 0, out
     assert b.ok(f"cat {d}/peer_durability").strip() == "flush"
-    assert "peer_durability set to flush" in b.ok("dmesg | tail -5")
+    assert any("peer_durability set to flush" in line
+               for _, line in klog(b, since="rmirror-test: peer_durability flush")), klog(b)[-5:]
     trace_start(b)
     a.ok(f"{CHECK} write /dev/rmirror0 --log /tmp/g1.log --size 16M --jobs 8 --count 1000 --seed 71", timeout=300)
     fua, plain, flushes, lost = trace_bios(b)

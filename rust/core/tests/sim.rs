@@ -10,7 +10,7 @@
 //! - (b) when the primary crashes, the secondary holds every write acked under protocol C
 //!   (failover promise), and no flushed write is ever lost; the secondary makes those writes
 //!   durable by FUA (even seeds) or by group commit, one flush before a batch of acks (odd
-//!   seeds, `state::peer::Durability`);
+//!   seeds, `state::peer::Durability`; writes that complete during a flush wait for the next);
 //! - (c) resync copies only regions marked in the fracture bitmap (activity-log extents are
 //!   marked there on restart): copied <= marked for every resync;
 //! - (d) split brain is always detected when both sides wrote apart, and never reported
@@ -134,6 +134,8 @@ fn deliberate_bugs_are_caught() {
         ("no uuid rotation", Bugs { no_uuid_rotation: true, ..Bugs::default() }, "", 500),
         ("no rotation on promote", Bugs { no_rotation_on_promote: true, ..Bugs::default() }, "split brain missed", 500),
         ("group commit acks before its flush", Bugs { ack_without_flush: true, ..Bugs::default() }, "acked under C", 500),
+        ("group commit acks writes completed during its flush",
+         Bugs { ack_completed_mid_flush: true, ..Bugs::default() }, "acked under C", 5000),
         ("resync ignores the bitmap", Bugs { resync_everything: true, ..Bugs::default() }, "were marked", 500),
         // Needs an outage, an extent retired with a queued write in it, and a crash of the
         // primary before the replay, without a full sync to hide it.

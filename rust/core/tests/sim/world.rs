@@ -58,6 +58,9 @@ pub struct Bugs {
     pub ignore_peer_bitmap: bool,
     /// Group commit (`Durability::Flush`) sends its acks without the flush.
     pub ack_without_flush: bool,
+    /// Group commit acks, when its flush ends, also the writes that completed while it ran
+    /// (which that flush need not cover).
+    pub ack_completed_mid_flush: bool,
 }
 
 /// Counters of one run.
@@ -152,9 +155,14 @@ enum Ev {
     Deliver(usize),
     Established(usize, u64),
     Fault(Fault),
-    /// The secondary's acker: one flush, then the acks of the writes completed before it.
-    AckerFlush(usize),
+    /// The secondary's acker takes the completed writes and starts one flush for them.
+    FlushStart(usize),
+    /// That flush (its number) ended: the batch's acks go.
+    FlushDone(usize, u64),
 }
+
+/// A group commit's ack waiting for its flush: (req, outage-queue seq, connection epoch).
+type PendingAck = (u64, Option<u64>, u64);
 
 enum IoKind {
     App(u64),
@@ -228,8 +236,11 @@ struct Node {
     /// them is older and must be dropped).
     rs_written: BTreeSet<u64>,
     want_primary_at: Option<u64>,
-    /// Group commit: acks of completed writes waiting for the acker's flush (req, q, epoch).
-    unflushed: Vec<(u64, Option<u64>, u64)>,
+    /// Group commit: acks of completed writes waiting for the acker's next flush (req, q,
+    /// epoch), and the batch whose flush is running (with its number).
+    unflushed: Vec<PendingAck>,
+    flushing: Option<(u64, Vec<PendingAck>)>,
+    flush_no: u64,
     acker_armed: bool,
     /// The operator said `connect --discard-my-data` (until a resync as target starts).
     discard_my_data: bool,
@@ -327,6 +338,8 @@ impl Node {
             rs_written: BTreeSet::new(),
             want_primary_at: None,
             unflushed: Vec::new(),
+            flushing: None,
+            flush_no: 0,
             acker_armed: false,
             discard_my_data: false,
         }
@@ -347,8 +360,8 @@ impl World {
             }
         };
         // From the seed, not the generator: the other draws stay as they were.
-        let durability =
-            if bugs.ack_without_flush || seed % 2 == 1 { Durability::Flush } else { Durability::Fua };
+        let group_commit = bugs.ack_without_flush || bugs.ack_completed_mid_flush || seed % 2 == 1;
+        let durability = if group_commit { Durability::Flush } else { Durability::Fua };
         let qslots = rng.range(8, 128) as usize;
         let qbytes = rng.range(16, 256) * 4096;
         let mut w = World {
@@ -380,7 +393,8 @@ impl World {
         };
         w.nodes[0].dev.role = Role::Primary;
         let qb = w.qbytes;
-        w.log(format_args!("proto {} durability {} queue {} slots {} bytes", proto.as_str(), durability.as_str(), qslots, qb));
+        let d = durability.as_str();
+        w.log(format_args!("proto {} durability {d} queue {} slots {} bytes", proto.as_str(), qslots, qb));
         w
     }
 
@@ -511,27 +525,53 @@ impl World {
                 }
             }
             Ev::Fault(f) => self.fault(f),
-            Ev::AckerFlush(n) => self.acker_flush(n),
+            Ev::FlushStart(n) => self.flush_start(n),
+            Ev::FlushDone(n, no) => self.flush_done(n, no),
         }
     }
 
-    /// Group commit: one flush covers every write completed before it, then their acks go
-    /// (those of a connection that is gone are dropped, as the driver's acker does).
-    fn acker_flush(&mut self, n: usize) {
+    /// Group commit, as the driver's acker: take the writes completed so far and start one
+    /// flush. A flush covers the writes completed before it starts (the disk model makes them
+    /// durable now); writes that complete while it runs wait for the next one.
+    fn flush_start(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         node.acker_armed = false;
-        if !node.alive || node.unflushed.is_empty() {
+        if !node.alive || node.flushing.is_some() || node.unflushed.is_empty() {
             return;
         }
+        node.flush_no += 1;
+        let no = node.flush_no;
+        let batch = std::mem::take(&mut node.unflushed);
+        let len = batch.len();
+        node.flushing = Some((no, batch));
         if !self.bugs.ack_without_flush {
-            self.log(format_args!("n{n} acker flush, {} acks", self.nodes[n].unflushed.len()));
             self.nodes[n].disk.flush();
         }
-        let acks = std::mem::take(&mut self.nodes[n].unflushed);
+        self.log(format_args!("n{n} acker flush {no} for {len} acks"));
+        let t = self.now + self.rng.range(1, 6);
+        self.at(t, Ev::FlushDone(n, no));
+    }
+
+    /// The flush ended: its batch's acks go (those of a connection that is gone are dropped,
+    /// as the driver's acker does), then the next batch's flush starts.
+    fn flush_done(&mut self, n: usize, no: u64) {
+        let node = &mut self.nodes[n];
+        if !node.alive || node.flushing.as_ref().is_none_or(|f| f.0 != no) {
+            return;
+        }
+        let Some((_, mut acks)) = node.flushing.take() else { return };
+        if self.bugs.ack_completed_mid_flush {
+            acks.append(&mut node.unflushed);
+        }
+        let more = !node.unflushed.is_empty();
         for (req, q, epoch) in acks {
             if self.nodes[n].sock == Some(epoch) {
                 self.send(n, Msg::Ack { req, q });
             }
+        }
+        if more {
+            self.nodes[n].acker_armed = true;
+            self.at(self.now, Ev::FlushStart(n));
         }
     }
 
@@ -867,10 +907,10 @@ impl World {
                 // Group commit: the ack waits for a flush submitted after this completion.
                 let node = &mut self.nodes[n];
                 node.unflushed.push((req, q, epoch));
-                if !node.acker_armed {
+                if !node.acker_armed && node.flushing.is_none() {
                     node.acker_armed = true;
                     let t = self.now + self.rng.range(0, 4);
-                    self.at(t, Ev::AckerFlush(n));
+                    self.at(t, Ev::FlushStart(n));
                 }
             }
             IoKind::Repl { req, q, epoch, flush: false } => {
@@ -1319,6 +1359,8 @@ impl World {
         node.dev = device::State { role: Role::Secondary, repl: Repl::Off, peer: None, ..node.dev };
         node.want_primary_at = None;
         node.unflushed.clear();
+        node.flushing = None;
+        node.acker_armed = false;
         for b in 0..NBLK as usize {
             if self.nodes[n].disk.durable[b] < self.guaranteed[n][b] {
                 return self.fail(format!("block {b}: flushed write lost by the disk model"));
