@@ -100,6 +100,8 @@ COLORS = {"raw": "#444444", "rmirror-C": "#08519c", "rmirror-C-gc": "#2171b5", "
 RATIOS = [("rmirror-C", "raw"), ("rmirror-B", "raw"), ("rmirror-A", "raw"), ("rmirror-standalone", "raw"),
           ("drbd-C", "raw"), ("drbd-standalone", "raw"), ("rmirror-C", "drbd-C"), ("rmirror-C-gc", "drbd-C"),
           ("rmirror-C-gc", "rmirror-C"), ("rmirror-standalone", "drbd-standalone")]
+#: The connected configurations whose packets (two-vm) and disk requests per write are counted.
+COUNTED = ("rmirror-C", "rmirror-C-gc", "drbd-C")
 TOPOLOGIES = ["two-vm", "one-vm"]
 
 #: Full run and smoke run settings.
@@ -678,9 +680,9 @@ def run_topology(topo_cls, args, s, payload, drbd_modules):
                     figs[j] = run_fio(topo.pri.vm, dev, {j: job}, s["runtime"], s["ramp"], s["region_mib"])[j]
                     figs[j].update(host_use(h0, host_cpu(topo.vms)))
                 rounds[-1][config] = figs
-                if first and topo.name == "two-vm" and s["packets"] and config in ("rmirror-C", "rmirror-C-gc", "drbd-C"):
+                if first and topo.name == "two-vm" and s["packets"] and config in COUNTED:
                     res["packets"][config] = count_packets(topo, dev, s)
-                if first and s["packets"] and config in ("rmirror-C", "rmirror-C-gc", "drbd-C"):
+                if first and s["packets"] and config in COUNTED:
                     res.setdefault("disk_requests", {})[config] = count_disk_requests(topo, dev, s)
                 if first and args.profile:
                     text = profile(topo, dev, args.profile, s)
